@@ -1,0 +1,21 @@
+//! OpenFlamingo (v1 release semantics) in candle.
+
+pub mod config;
+pub mod error;
+pub mod flamingo;
+pub mod kv_cache;
+pub mod llama;
+pub mod media;
+pub mod nn;
+pub mod paths;
+pub mod perceiver;
+pub mod preprocess;
+pub mod vision;
+pub mod weights;
+pub mod tokenizer;
+pub mod xattn;
+
+pub use config::{FlamingoConfig, MediaRule};
+pub use error::{LoadError, ModelError, Result};
+pub use flamingo::{Flamingo, LoadOptions, LogitsFor, PackedInput, SequenceState, Trace};
+pub use paths::{ModelPaths, VisionWeights};

@@ -1,0 +1,175 @@
+//! LLaMA decoder layers (transformers 4.28 `LlamaDecoderLayer`) over a packed batch: the linear
+//! layers see every token of every sequence at once; attention runs per sequence against its
+//! own KV cache, so sequences of any length mix in one step with no padding.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, RmsNorm, VarBuilder};
+
+use crate::config::LlamaConfig;
+use crate::kv_cache::KvCache;
+use crate::nn::{attention, linear_no_bias, merge_heads, split_heads};
+
+/// Where a sequence's tokens sit in the packed batch and in its own history.
+pub struct AttnRows<'a> {
+    pub start: usize,
+    pub len: usize,
+    /// Position of the first token (tokens already in the cache).
+    pub position: usize,
+    pub cache: &'a mut KvCache,
+}
+
+/// cos/sin tables of the HF "rotate_half" rotary embedding.
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    pub fn new(cfg: &LlamaConfig, max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = cfg.head_dim();
+        let inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / dim as f64) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, dim / 2), device)?;
+        let t = Tensor::arange(0u32, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// x [1, heads, n, head_dim] at positions `position..position + n`.
+    fn apply(&self, x: &Tensor, position: usize) -> Result<Tensor> {
+        let n = x.dim(2)?;
+        if position + n > self.max_positions() {
+            candle_core::bail!(
+                "position {} exceeds the model's {} positions",
+                position + n,
+                self.max_positions()
+            );
+        }
+        let cos = self.cos.narrow(0, position, n)?;
+        let sin = self.sin.narrow(0, position, n)?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let kv = cfg.kv_heads() * hd;
+        Ok(Self {
+            q_proj: linear_no_bias(h, cfg.num_attention_heads * hd, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(h, kv, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(h, kv, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(cfg.num_attention_heads * hd, h, vb.pp("o_proj"))?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.kv_heads(),
+            head_dim: hd,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rows: &mut [AttnRows], rotary: &Rotary) -> Result<Tensor> {
+        let q = x.apply(&self.q_proj)?;
+        let k = x.apply(&self.k_proj)?;
+        let v = x.apply(&self.v_proj)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut outs = Vec::with_capacity(rows.len());
+        for r in rows.iter_mut() {
+            let heads = |t: &Tensor, n: usize| split_heads(&t.narrow(0, r.start, r.len)?.unsqueeze(0)?, n);
+            let qs = rotary.apply(&heads(&q, self.heads)?, r.position)?;
+            let ks = rotary.apply(&heads(&k, self.kv_heads)?, r.position)?;
+            let vs = heads(&v, self.kv_heads)?;
+            let (ks, vs) = r.cache.append(&ks.squeeze(0)?, &vs.squeeze(0)?)?;
+            let (ks, vs) = (self.repeat_kv(ks)?, self.repeat_kv(vs)?);
+            let mask = causal_mask(r.len, r.cache.len(), x.device())?;
+            let out = attention(&qs.squeeze(0)?, &ks, &vs, scale, mask.as_ref())?;
+            outs.push(merge_heads(&out)?);
+        }
+        Tensor::cat(&outs, 0)?.apply(&self.o_proj)
+    }
+
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let groups = self.heads / self.kv_heads;
+        if groups == 1 {
+            return Ok(x);
+        }
+        let (kvh, t, d) = x.dims3()?;
+        x.unsqueeze(1)?.broadcast_as((kvh, groups, t, d))?.reshape((kvh * groups, t, d))
+    }
+}
+
+/// Additive mask for `n` new tokens at the end of a `total`-long history; `None` for one token.
+fn causal_mask(n: usize, total: usize, device: &Device) -> Result<Option<Tensor>> {
+    if n <= 1 {
+        return Ok(None);
+    }
+    let past = total - n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (n, total), device).map(Some)
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = x.apply(&self.gate_proj)?.silu()?;
+        (gate * x.apply(&self.up_proj)?)?.apply(&self.down_proj)
+    }
+}
+
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: SelfAttention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// `vb` points at `model.layers.N`.
+    pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            input_layernorm: candle_nn::rms_norm(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: candle_nn::rms_norm(
+                h,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp {
+                gate_proj: linear_no_bias(h, i, mlp.pp("gate_proj"))?,
+                up_proj: linear_no_bias(h, i, mlp.pp("up_proj"))?,
+                down_proj: linear_no_bias(i, h, mlp.pp("down_proj"))?,
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, rows: &mut [AttnRows], rotary: &Rotary) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&x.apply(&self.input_layernorm)?, rows, rotary)?;
+        let x = (x + attn)?;
+        let mlp = x.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
+        x + mlp
+    }
+}

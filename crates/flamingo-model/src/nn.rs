@@ -1,0 +1,83 @@
+//! Small building blocks shared by the vision tower, the resampler and the xattn blocks.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps, ..Default::default() }, vb)
+}
+
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb)
+}
+
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb)
+}
+
+/// Softmax over the last dim, in f32 whatever the activation dtype (as transformers does).
+pub fn softmax_f32(scores: &Tensor) -> Result<Tensor> {
+    let dtype = scores.dtype();
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+    probs.to_dtype(dtype)
+}
+
+/// `[.., tokens, heads * head_dim]` -> `[.., heads, tokens, head_dim]`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (tokens, features) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mut shape = dims[..dims.len() - 2].to_vec();
+    shape.extend([tokens, heads, features / heads]);
+    let rank = shape.len();
+    x.reshape(shape)?.transpose(rank - 3, rank - 2)?.contiguous()
+}
+
+/// Inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rank = dims.len();
+    let (heads, tokens, head_dim) = (dims[rank - 3], dims[rank - 2], dims[rank - 1]);
+    let mut shape = dims[..rank - 3].to_vec();
+    shape.extend([tokens, heads * head_dim]);
+    x.transpose(rank - 3, rank - 2)?.contiguous()?.reshape(shape)
+}
+
+/// Scaled dot-product attention with an optional additive f32 mask broadcast over heads; the
+/// mask and softmax are applied in f32 whatever the activation dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?.matmul(v)
+}
+
+/// Feed-forward `LayerNorm -> Linear -> GELU(erf) -> Linear` (Sequential indices 0, 1, 3), used by
+/// the resampler and the xattn blocks; no biases on the linears.
+pub struct FeedForward {
+    norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+}
+
+impl FeedForward {
+    pub fn new(dim: usize, mult: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: layer_norm(dim, 1e-5, vb.pp("0"))?,
+            up: linear_no_bias(dim, dim * mult, vb.pp("1"))?,
+            down: linear_no_bias(dim * mult, dim, vb.pp("3"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply(&self.norm)?.apply(&self.up)?.gelu_erf()?.apply(&self.down)
+    }
+}
+
+pub fn last_dim(x: &Tensor) -> Result<usize> {
+    x.dim(D::Minus1)
+}

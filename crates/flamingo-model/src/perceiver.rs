@@ -1,0 +1,84 @@
+//! Perceiver resampler (spec §4): 64 learned latents cross-attend to each image's patch tokens.
+//! Every layer re-normalises the *original* patch tokens; keys/values are [norm(x); norm(latents)].
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::config::ResamplerConfig;
+use crate::nn::{attention, layer_norm, linear_no_bias, merge_heads, split_heads, FeedForward};
+
+struct PerceiverAttention {
+    norm_media: LayerNorm,
+    norm_latents: LayerNorm,
+    to_q: Linear,
+    to_kv: Linear,
+    to_out: Linear,
+    heads: usize,
+    dim_head: usize,
+}
+
+impl PerceiverAttention {
+    fn new(dim: usize, cfg: &ResamplerConfig, vb: VarBuilder) -> Result<Self> {
+        let inner = cfg.heads * cfg.dim_head;
+        Ok(Self {
+            norm_media: layer_norm(dim, 1e-5, vb.pp("norm_media"))?,
+            norm_latents: layer_norm(dim, 1e-5, vb.pp("norm_latents"))?,
+            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
+            to_kv: linear_no_bias(dim, 2 * inner, vb.pp("to_kv"))?,
+            to_out: linear_no_bias(inner, dim, vb.pp("to_out"))?,
+            heads: cfg.heads,
+            dim_head: cfg.dim_head,
+        })
+    }
+
+    /// x [N, P, D] patch tokens, latents [N, L, D].
+    fn forward(&self, x: &Tensor, latents: &Tensor) -> Result<Tensor> {
+        let inner = self.heads * self.dim_head;
+        let media = x.apply(&self.norm_media)?;
+        let lat = latents.apply(&self.norm_latents)?;
+        let q = split_heads(&lat.apply(&self.to_q)?, self.heads)?;
+        let kv = Tensor::cat(&[&media, &lat], 1)?.apply(&self.to_kv)?;
+        let k = split_heads(&kv.narrow(2, 0, inner)?, self.heads)?;
+        let v = split_heads(&kv.narrow(2, inner, inner)?, self.heads)?;
+        let scale = 1.0 / (self.dim_head as f64).sqrt();
+        merge_heads(&attention(&q, &k, &v, scale, None)?)?.apply(&self.to_out)
+    }
+}
+
+pub struct PerceiverResampler {
+    latents: Tensor,
+    layers: Vec<(PerceiverAttention, FeedForward)>,
+    norm: LayerNorm,
+}
+
+impl PerceiverResampler {
+    /// `vb` points at the checkpoint's `perceiver` prefix.
+    pub fn new(dim: usize, cfg: &ResamplerConfig, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..cfg.depth)
+            .map(|i| {
+                let layer = vb.pp("layers").pp(i);
+                Ok((
+                    PerceiverAttention::new(dim, cfg, layer.pp("0"))?,
+                    FeedForward::new(dim, cfg.ff_mult, layer.pp("1"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            latents: vb.get((cfg.num_latents, dim), "latents")?,
+            layers,
+            norm: layer_norm(dim, 1e-5, vb.pp("norm"))?,
+        })
+    }
+
+    /// Patch tokens [N, P, D] (one row per image) -> latents [N, num_latents, D].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let (l, d) = self.latents.dims2()?;
+        let mut latents = self.latents.unsqueeze(0)?.broadcast_as((n, l, d))?.contiguous()?;
+        for (attn, ff) in &self.layers {
+            latents = (attn.forward(x, &latents)? + &latents)?;
+            latents = (ff.forward(&latents)? + &latents)?;
+        }
+        latents.apply(&self.norm)
+    }
+}

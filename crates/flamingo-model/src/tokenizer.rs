@@ -1,0 +1,130 @@
+//! The LLaMA tokenizer with OpenFlamingo's added tokens (spec §8): `<|endofchunk|>`, `<image>`,
+//! `<PAD>` appended to the base vocabulary as special, non-normalised tokens; BOS prepended.
+
+use std::path::Path;
+
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{ModelError, Result};
+
+pub const END_OF_CHUNK: &str = "<|endofchunk|>";
+pub const IMAGE: &str = "<image>";
+pub const PAD: &str = "<PAD>";
+
+pub struct FlamingoTokenizer {
+    inner: Tokenizer,
+    pub end_of_chunk_id: u32,
+    pub image_id: u32,
+    pub pad_id: u32,
+    pub bos_id: u32,
+    pub eos_id: u32,
+}
+
+fn err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+impl FlamingoTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        // Same order as the reference: the two "additional special tokens", then the pad token.
+        for token in [END_OF_CHUNK, IMAGE, PAD] {
+            if inner.token_to_id(token).is_none() {
+                inner
+                    .add_special_tokens([AddedToken::from(token, true).normalized(false)])
+                    .map_err(err)?;
+            }
+        }
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| err(format!("no `{t}` token")));
+        Ok(Self {
+            end_of_chunk_id: id(END_OF_CHUNK)?,
+            image_id: id(IMAGE)?,
+            pad_id: id(PAD)?,
+            bos_id: id("<s>")?,
+            eos_id: id("</s>")?,
+            inner,
+        })
+    }
+
+    /// Token ids of a prompt, BOS first.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(prompt, true).map_err(err)?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(err)
+    }
+
+    /// The vocabulary piece of a token (e.g. `▁cat`), empty if unknown.
+    pub fn token_piece(&self, id: u32) -> String {
+        self.inner.id_to_token(id).unwrap_or_default()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        id == self.bos_id
+            || id == self.eos_id
+            || id == self.end_of_chunk_id
+            || id == self.image_id
+            || id == self.pad_id
+            || self.inner.id_to_token(id).is_some_and(|t| t == "<unk>")
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Left-pads a batch with `<PAD>`; returns ids and attention masks.
+    pub fn left_pad(&self, batch: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let width = batch.iter().map(Vec::len).max().unwrap_or(0);
+        batch
+            .iter()
+            .map(|ids| {
+                let pad = width - ids.len();
+                let mut padded = vec![self.pad_id; pad];
+                padded.extend_from_slice(ids);
+                let mut mask = vec![0; pad];
+                mask.extend(std::iter::repeat_n(1, ids.len()));
+                (padded, mask)
+            })
+            .unzip()
+    }
+
+    pub fn incremental(&self) -> IncrementalDecoder<'_> {
+        IncrementalDecoder { tokenizer: self, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+    }
+}
+
+/// Turns a token stream into text pieces without splitting multi-byte characters or losing the
+/// leading-space rules of SentencePiece (decode a window, emit what it added).
+pub struct IncrementalDecoder<'a> {
+    tokenizer: &'a FlamingoTokenizer,
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder<'_> {
+    /// Text newly completed by `id` (possibly empty while a character is incomplete).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = self.tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{fffd}') && full.starts_with(&prefix) {
+            let text = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(text)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Whatever is still pending at the end (e.g. an invalid byte sequence).
+    pub fn finish(&mut self) -> Result<String> {
+        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = self.tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full.strip_prefix(prefix.as_str()).unwrap_or("").to_string())
+    }
+}

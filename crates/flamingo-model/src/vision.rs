@@ -1,0 +1,105 @@
+//! CLIP ViT as open_clip 2.16 runs it for OpenFlamingo: patch tokens after the last block,
+//! `ln_pre` applied, CLS dropped, no `ln_post`/`proj` (spec §2). Module paths are open_clip keys.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::config::VisionConfig;
+use crate::nn::{attention, layer_norm, linear, merge_heads, split_heads};
+
+struct ResidualBlock {
+    ln_1: LayerNorm,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    heads: usize,
+}
+
+impl ResidualBlock {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (w, eps) = (cfg.width, cfg.layer_norm_eps);
+        let attn = vb.pp("attn");
+        Ok(Self {
+            ln_1: layer_norm(w, eps, vb.pp("ln_1"))?,
+            in_proj_weight: attn.get((3 * w, w), "in_proj_weight")?,
+            in_proj_bias: attn.get(3 * w, "in_proj_bias")?,
+            out_proj: linear(w, w, attn.pp("out_proj"))?,
+            ln_2: layer_norm(w, eps, vb.pp("ln_2"))?,
+            c_fc: linear(w, cfg.mlp_width(), vb.pp("mlp").pp("c_fc"))?,
+            c_proj: linear(cfg.mlp_width(), w, vb.pp("mlp").pp("c_proj"))?,
+            heads: cfg.heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let width = self.out_proj.weight().dim(0)?;
+        let h = x.apply(&self.ln_1)?;
+        // Packed rows are [q; k; v] along the output dim (nn.MultiheadAttention layout).
+        let qkv = h.broadcast_matmul(&self.in_proj_weight.t()?)?.broadcast_add(&self.in_proj_bias)?;
+        let part = |i: usize| split_heads(&qkv.narrow(2, i * width, width)?, self.heads);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scale = 1.0 / ((width / self.heads) as f64).sqrt();
+        let attn = merge_heads(&attention(&q, &k, &v, scale, None)?)?.apply(&self.out_proj)?;
+        let x = (x + attn)?;
+        let mlp = x.apply(&self.ln_2)?.apply(&self.c_fc)?;
+        let mlp = quick_gelu(&mlp)?.apply(&self.c_proj)?;
+        &x + mlp
+    }
+}
+
+pub struct VisionTransformer {
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<ResidualBlock>,
+    cfg: VisionConfig,
+}
+
+impl VisionTransformer {
+    /// `vb` points at open_clip's `visual` prefix.
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (w, p) = (cfg.width, cfg.patch_size);
+        let conv = vb.get((w, 3, p, p), "conv1.weight")?;
+        let blocks = (0..cfg.layers)
+            .map(|i| ResidualBlock::new(cfg, vb.pp("transformer.resblocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            // A stride-p, kernel-p convolution is a matmul over flattened (c, ky, kx) patches.
+            patch_weight: conv.reshape((w, 3 * p * p))?,
+            class_embedding: vb.get(w, "class_embedding")?,
+            positional_embedding: vb.get((cfg.num_patches() + 1, w), "positional_embedding")?,
+            ln_pre: layer_norm(w, cfg.layer_norm_eps, vb.pp("ln_pre"))?,
+            blocks,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `pixels` [N, 3, S, S] -> patch tokens [N, num_patches, width].
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, _, _, _) = pixels.dims4()?;
+        let (g, p, w) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
+        let patches = pixels
+            .reshape((n, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n, g * g, 3 * p * p))?;
+        let tokens = patches.broadcast_matmul(&self.patch_weight.t()?)?;
+        let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
+        let mut x = Tensor::cat(&[&cls, &tokens], 1)?
+            .broadcast_add(&self.positional_embedding)?
+            .apply(&self.ln_pre)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        x.narrow(1, 1, g * g)
+    }
+}
+
+/// OpenAI CLIP's activation: x * sigmoid(1.702 x).
+fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
