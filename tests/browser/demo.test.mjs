@@ -74,7 +74,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   headless: true,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
+  viewport: { width: 1280, height: 1000 },
 });
 const page = context.pages()[0] ?? await context.newPage();
 page.setDefaultTimeout(TIMEOUT);
@@ -112,6 +112,7 @@ async function throttle(bytesPerSecond) {
 
 const shot = async (name, opts = {}) => {
   const file = path.join(OUT_DIR, `${name}.png`);
+  if (!opts.fullPage) await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, ...opts });
   console.log(`  screenshot ${path.relative(ROOT, file)}`);
 };
@@ -173,6 +174,19 @@ async function watchOutput() {
 }
 const snapshots = () => page.evaluate(() => window.__snaps);
 
+async function mockStats() {
+  return (await fetch(`${BASE}/mock/stats`)).json();
+}
+async function mockStatsWhen(pred, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await mockStats();
+    if (pred(st)) return st;
+    if (Date.now() > deadline) assert.fail(`mock stats never matched: ${JSON.stringify(st)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function expectDone(what) {
   const st = await waitFinished();
   if (st !== 'done') assert.fail(`${what}: ended in state ${st}: ${await errorBox.textContent()} / ${await runStatus.textContent()}`);
@@ -205,6 +219,38 @@ await step('0 page loads, shows readiness and model id', async () => {
   console.log(`  focused after 2x Tab: ${JSON.stringify(focusStyle)}`);
   assert.notEqual(focusStyle.outline, 'none', 'focused element shows an outline');
   await shot('00-loaded');
+});
+
+await step('0b paste and drag-and-drop put images into the focused slot', async () => {
+  await setMode('Caption');
+  const png = fs.readFileSync(path.join(FIXTURES, 'rings.png')).toString('base64');
+  // Paste while the drop zone has keyboard focus.
+  await page.locator('#query-slot-host .drop').focus();
+  await page.evaluate((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], 'image.png', { type: 'image/png' }));
+    document.activeElement.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+  }, png);
+  await page.locator('#query-slot-host .slot-info', { hasText: 'pasted image' }).waitFor();
+  await page.locator('#query-slot-host .slot-info', { hasText: '×' }).waitFor(); // preview decoded
+  // Drop a file onto the drop zone.
+  const dt = await page.evaluateHandle((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const d = new DataTransfer();
+    d.items.add(new File([bytes], 'dropped-rings.png', { type: 'image/png' }));
+    return d;
+  }, png);
+  await page.locator('#query-slot-host .drop').dispatchEvent('drop', { dataTransfer: dt });
+  await page.locator('#query-slot-host .slot-info', { hasText: 'dropped-rings.png' }).waitFor();
+  // Keyboard: Enter on the drop zone opens the file chooser.
+  const chooser = page.waitForEvent('filechooser', { timeout: 5000 });
+  await page.locator('#query-slot-host .drop').focus();
+  await page.keyboard.press('Enter');
+  await (await chooser).setFiles(path.join(FIXTURES, 'stripes.png'));
+  await page.locator('#query-slot-host .slot-info', { hasText: 'stripes.png' }).waitFor();
+  await page.getByRole('button', { name: 'Remove image' }).click();
+  await page.locator('#query-slot-host .slot-info', { hasText: 'No image.' }).waitFor();
 });
 
 await step('1 caption an uploaded image, streamed token by token', async () => {
@@ -311,7 +357,9 @@ await step('4 long generation, press Stop, next request works', async () => {
   await throttle(null);
 
   if (MOCK) {
-    await page.waitForFunction(async (base) => (await (await fetch(`${base}/mock/stats`)).json()).cancelled >= 1, BASE);
+    // Emulated throttling delays the socket close a little; wait until the mock's only slot is free.
+    const s = await mockStatsWhen((st) => st.active === 0, 10000);
+    console.log(`  mock stats after stop: ${JSON.stringify(s)}`);
   }
   // The server frees the slot when the connection closes: the next request must succeed.
   await setMaxTokens(8);
@@ -322,6 +370,22 @@ await step('4 long generation, press Stop, next request works', async () => {
 });
 
 if (MOCK) {
+  await step('mock: Stop closes the connection at once (no throttling)', async () => {
+    if ((await mockStats()).token_delay_ms < 20) { console.log('  skipped: the mock streams too fast'); return; }
+    await setMode('Caption');
+    await setMaxTokens(200);
+    const before = await mockStats();
+    await watchOutput();
+    await generateBtn.click();
+    await page.waitForFunction(() => (window.__snaps ?? []).filter((s) => s.state === 'streaming' && s.text).length >= 3);
+    await page.keyboard.press('Escape'); // keyboard shortcut for Stop
+    assert.equal(await waitFinished(), 'stopped');
+    const t0 = Date.now();
+    const after = await mockStatsWhen((st) => st.active === 0, 2000);
+    console.log(`  slot freed ${Date.now() - t0} ms after the page showed Stopped: ${JSON.stringify(after)}`);
+    assert.equal(after.cancelled, before.cancelled + 1, 'the server saw the stream cancelled, not completed');
+    await setMaxTokens(20);
+  });
   await step('mock: 429 busy shows Retry-After', async () => {
     await page.getByLabel(/^Seed/).fill('429');
     expectedStatuses = new Set([429]);

@@ -226,7 +226,7 @@ const server = http.createServer(async (req, res) => {
         return send(res, 200, { model_id: MODEL_ID, dtype: 'f32', device: 'cpu', version: '0.0.0-mock', limits: { max_body_bytes: MAX_BODY, max_image_bytes: MAX_IMAGE_BYTES, max_image_pixels: MAX_IMAGE_PIXELS } });
       }
       if (url.pathname === '/v1/models') return send(res, 200, { object: 'list', data: [{ id: MODEL_ID, object: 'model', created: 0, owned_by: 'flamingo-serve' }] });
-      if (url.pathname === '/mock/stats') return send(res, 200, { active, ...stats });
+      if (url.pathname === '/mock/stats') return send(res, 200, { active, ...stats, token_delay_ms: TOKEN_DELAY });
     }
     if (req.method === 'POST' && (url.pathname === '/generate' || url.pathname === '/generate_stream')) {
       return await generate(req, res, url.pathname === '/generate_stream');

@@ -133,7 +133,7 @@ function createImageSlot(host, label) {
     loadToken: 0,
     setLabel(text) {
       slot.label = text;
-      drop.setAttribute('aria-label', `${text}: drop an image, paste one with Ctrl+V, or press Enter to choose a file`);
+      drop.setAttribute('aria-label', `${text}: choose a file, or drop or paste (Ctrl+V) an image here`);
       fileInput.setAttribute('aria-label', `Choose a file for ${text.toLowerCase()}`);
       for (const b of samplesBox.querySelectorAll('button')) {
         b.setAttribute('aria-label', `Use sample image “${b.dataset.name}” for ${text.toLowerCase()}`);
@@ -720,6 +720,8 @@ async function generate() {
   markFiltered(false);
   setState('waiting');
   setRunStatus('Sending the request…');
+  // On narrow screens the output sits below the form: bring it into view.
+  if (window.matchMedia('(max-width: 820px)').matches) els.outputPanel.scrollIntoView({ block: 'nearest' });
   try {
     if (body.parameters.num_beams > 1) await runOnce(body, signal, started);
     else await runStream(body, signal, started);

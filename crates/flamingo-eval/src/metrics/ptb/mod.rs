@@ -37,15 +37,24 @@ pub fn tokenize_captions<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
             lines
                 .get(i)
                 .map(|toks| {
-                    toks.iter()
-                        .map(|t| t.to_lowercase())
-                        .filter(|t| !PUNCTUATIONS.contains(&t.as_str()))
+                    // The Java prints the lower-cased tokens space-separated; Python then does
+                    // `line.rstrip().split(' ')`, which also strips a trailing U+00A0 inside the
+                    // last token (URLs may end with one).
+                    let line = toks.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(" ");
+                    line.trim_end_matches(is_py_space)
+                        .split(' ')
+                        .filter(|t| !PUNCTUATIONS.contains(t))
                         .collect::<Vec<_>>()
                         .join(" ")
                 })
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// Python's `str.isspace()`: Unicode White_Space plus the ASCII information separators.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// Lexes `text`, returning the tokens of each line (newline tokens split lines, as with
@@ -63,7 +72,8 @@ fn lex_lines(text: &str) -> Vec<Vec<String>> {
             Action::Newline => lines.push(Vec::new()),
             Action::Skip => {}
             _ => {
-                if let Some(t) = token {
+                // A lone soft hyphen lexes as a WORD that becomes empty; the Java prints nothing.
+                if let Some(t) = token.filter(|t| !t.is_empty()) {
                     lines.last_mut().expect("lines is never empty").push(t);
                 }
             }
@@ -78,6 +88,9 @@ fn lex_lines(text: &str) -> Vec<Vec<String>> {
 fn best_rule<'a>(rules: &'a [Rule], chars: &[char], pos: usize) -> (&'a Rule, usize) {
     let mut best: Option<(&Rule, usize, usize)> = None;
     for rule in rules {
+        if !rule.pat.can_start(chars[pos]) {
+            continue;
+        }
         let ends = rule.pat.ends(chars, &[pos]);
         let cand = match &rule.ctx {
             None => ends.last().map(|&e| (e, e)),

@@ -3,6 +3,11 @@
 //! position can end, so the lexer can apply JFlex's longest-match-then-first-rule choice,
 //! trailing contexts (`r1/r2`) included.
 
+use smallvec::SmallVec;
+
+/// A set of positions; almost always 0-2 of them, so kept inline.
+pub(crate) type Positions = SmallVec<[usize; 4]>;
+
 /// One pattern node. Literals match ASCII case-insensitively because the lexer is `%caseless`;
 /// character classes do not (JFlex: "%caseless ... does not effect character classes").
 pub(crate) enum Pat {
@@ -18,8 +23,8 @@ pub(crate) enum Pat {
 
 impl Pat {
     /// Sorted, deduplicated end positions of matches of `self` starting at any of `starts`.
-    pub(crate) fn ends(&self, text: &[char], starts: &[usize]) -> Vec<usize> {
-        let mut out = Vec::new();
+    pub(crate) fn ends(&self, text: &[char], starts: &[usize]) -> Positions {
+        let mut out = Positions::new();
         match self {
             Pat::Class(f) => {
                 for &s in starts {
@@ -27,6 +32,7 @@ impl Pat {
                         out.push(s + 1);
                     }
                 }
+                return out; // already sorted and unique
             }
             Pat::Lit(lit) => {
                 for &s in starts {
@@ -34,16 +40,17 @@ impl Pat {
                         out.push(s + lit.chars().count());
                     }
                 }
+                return out;
             }
             Pat::Seq(parts) => {
-                let mut cur = starts.to_vec();
+                let mut cur: Positions = starts.iter().copied().collect();
                 for p in parts {
                     if cur.is_empty() {
                         break;
                     }
                     cur = p.ends(text, &cur);
                 }
-                out = cur;
+                return cur;
             }
             Pat::Alt(alts) => {
                 for p in alts {
@@ -51,7 +58,7 @@ impl Pat {
                 }
             }
             Pat::Rep(p, min, max) => {
-                let mut frontier = starts.to_vec();
+                let mut frontier: Positions = starts.iter().copied().collect();
                 let mut n = 0;
                 if *min == 0 {
                     out.extend_from_slice(starts);
@@ -71,6 +78,38 @@ impl Pat {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Whether the pattern matches the empty string.
+    fn nullable(&self) -> bool {
+        match self {
+            Pat::Class(_) => false,
+            Pat::Lit(l) => l.is_empty(),
+            Pat::Seq(parts) => parts.iter().all(Pat::nullable),
+            Pat::Alt(alts) => alts.iter().any(Pat::nullable),
+            Pat::Rep(p, min, _) => *min == 0 || p.nullable(),
+        }
+    }
+
+    /// Whether a non-empty match can start with `c` (a cheap filter before `ends`).
+    pub(crate) fn can_start(&self, c: char) -> bool {
+        match self {
+            Pat::Class(f) => f(c),
+            Pat::Lit(l) => l.chars().next().is_some_and(|f| f.eq_ignore_ascii_case(&c)),
+            Pat::Seq(parts) => {
+                for p in parts {
+                    if p.can_start(c) {
+                        return true;
+                    }
+                    if !p.nullable() {
+                        return false;
+                    }
+                }
+                false
+            }
+            Pat::Alt(alts) => alts.iter().any(|p| p.can_start(c)),
+            Pat::Rep(p, _, _) => p.can_start(c),
+        }
     }
 
     /// Longest match from `start`, if any.
@@ -130,7 +169,7 @@ mod tests {
     #[test]
     fn reports_all_ends() {
         let p = seq(vec![lit("ab"), star(lit("c"))]);
-        assert_eq!(p.ends(&chars("abccx"), &[0]), vec![2, 3, 4]);
+        assert_eq!(p.ends(&chars("abccx"), &[0]).as_slice(), &[2, 3, 4]);
         assert_eq!(p.longest(&chars("ABc"), 0), Some(3));
         assert_eq!(p.longest(&chars("xab"), 0), None);
     }
@@ -138,8 +177,8 @@ mod tests {
     #[test]
     fn bounded_repetition() {
         let p = rep(cls(|c| c.is_ascii_digit()), 2, 3);
-        assert_eq!(p.ends(&chars("12345"), &[0]), vec![2, 3]);
-        assert_eq!(p.ends(&chars("1x"), &[0]), Vec::<usize>::new());
+        assert_eq!(p.ends(&chars("12345"), &[0]).as_slice(), &[2, 3]);
+        assert!(p.ends(&chars("1x"), &[0]).is_empty());
     }
 
     #[test]

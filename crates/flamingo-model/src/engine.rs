@@ -1,0 +1,421 @@
+//! Step-by-step generation over a changing set of sequences, for a batching worker: add a
+//! sequence, step the whole batch (prefills and decode tokens in one packed forward), remove a
+//! sequence. Each sequence keeps its own caches, sampler and stop rules, so its output does not
+//! depend on what else is in the batch.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::beam::{top_candidates, BeamHypotheses, Candidate};
+use crate::error::{ModelError, Result};
+use crate::flamingo::{Flamingo, LogitsFor, PackedInput, SequenceState};
+use crate::media::{generated_media_time, prompt_media_time};
+use crate::preprocess::IMAGE_SIZE;
+use crate::sampling::{log_softmax, SamplingParams, Sampler};
+
+pub type SeqId = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// 1 = greedy or sampling; more = beam search (deterministic, no sampling).
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    /// Generation stops after any of these (the reference stops on `<|endofchunk|>`).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            sampling: SamplingParams::default(),
+            num_beams: 1,
+            length_penalty: 1.0,
+            stop_tokens: Vec::new(),
+        }
+    }
+}
+
+pub struct SequenceRequest {
+    /// Prompt token ids, BOS first.
+    pub tokens: Vec<u32>,
+    /// Resampled latents of the prompt's images in `<image>` order, [T_img, latents, dim].
+    pub images: Option<Tensor>,
+    pub params: GenerationParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// A stop token was generated (it is the last token).
+    StopToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeneratedToken {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    pub tokens: Vec<GeneratedToken>,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A new token of a greedy/sampled sequence (beam search reports only at the end).
+    Token { seq: SeqId, token: GeneratedToken },
+    /// The sequence is done and has left the batch. For beam search `hypotheses` holds the
+    /// finished beams, best first; otherwise it is empty (the tokens were already reported).
+    Finished { seq: SeqId, reason: FinishReason, hypotheses: Vec<Hypothesis> },
+}
+
+struct Single {
+    state: SequenceState,
+    sampler: Sampler,
+    generated: Vec<u32>,
+}
+
+struct BeamRow {
+    state: SequenceState,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    score: f32,
+}
+
+struct BeamSearch {
+    /// Holds the prompt's caches until the first step forks them into beams.
+    prompt_state: Option<SequenceState>,
+    rows: Vec<BeamRow>,
+    hypotheses: BeamHypotheses,
+    steps: usize,
+}
+
+enum Decoding {
+    Single(Single),
+    Beam(BeamSearch),
+}
+
+struct Active {
+    id: SeqId,
+    prompt: Vec<u32>,
+    prompt_media_time: Vec<u32>,
+    num_images: usize,
+    params: GenerationParams,
+    decoding: Decoding,
+}
+
+impl Active {
+    fn prefilled(&self) -> bool {
+        match &self.decoding {
+            Decoding::Single(s) => !s.generated.is_empty(),
+            Decoding::Beam(b) => b.prompt_state.is_none(),
+        }
+    }
+}
+
+pub struct Engine {
+    model: Arc<Flamingo>,
+    active: Vec<Active>,
+    next_id: SeqId,
+}
+
+impl Engine {
+    pub fn new(model: Arc<Flamingo>) -> Self {
+        Self { model, active: Vec::new(), next_id: 1 }
+    }
+
+    pub fn model(&self) -> &Arc<Flamingo> {
+        &self.model
+    }
+
+    /// Sequences in the batch (a beam search counts once).
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Rows the next forward will run (beams count each).
+    pub fn rows(&self) -> usize {
+        self.active
+            .iter()
+            .map(|a| match &a.decoding {
+                Decoding::Beam(b) if b.prompt_state.is_none() => b.rows.len(),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    /// Tokens the next forward will process.
+    pub fn pending_tokens(&self) -> usize {
+        self.active
+            .iter()
+            .map(|a| if a.prefilled() { self.rows_of(a) } else { a.prompt.len() })
+            .sum()
+    }
+
+    fn rows_of(&self, a: &Active) -> usize {
+        match &a.decoding {
+            Decoding::Beam(b) => b.rows.len().max(1),
+            Decoding::Single(_) => 1,
+        }
+    }
+
+    /// Resamples normalised images (each `3 * 224 * 224` floats, CHW) in one batch; returns one
+    /// [latents, dim] tensor per image.
+    pub fn encode_images(&self, images: &[&[f32]]) -> Result<Vec<Tensor>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let per_image = 3 * IMAGE_SIZE * IMAGE_SIZE;
+        let mut flat = Vec::with_capacity(images.len() * per_image);
+        for img in images {
+            if img.len() != per_image {
+                return Err(ModelError::Input(format!("an image must have {per_image} values, got {}", img.len())));
+            }
+            flat.extend_from_slice(img);
+        }
+        let pixels = Tensor::from_vec(flat, (images.len(), 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?;
+        let latents = self.model.encode_images(&pixels)?;
+        (0..images.len()).map(|i| Ok(latents.get(i)?)).collect()
+    }
+
+    /// Checks a request against the model before it is queued.
+    pub fn validate(&self, tokens: &[u32], num_images: usize, params: &GenerationParams) -> Result<()> {
+        let cfg = self.model.config();
+        let bad = |m: String| Err(ModelError::Input(m));
+        if tokens.is_empty() {
+            return bad("empty prompt".into());
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size()) {
+            return bad(format!("token id {t} is outside the vocabulary"));
+        }
+        let markers = tokens.iter().filter(|&&t| t == self.model.image_token_id()).count();
+        if markers != num_images {
+            return bad(format!("the prompt has {markers} <image> markers but {num_images} images"));
+        }
+        if params.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if params.num_beams == 0 {
+            return bad("num_beams must be at least 1".into());
+        }
+        let total = tokens.len() + params.max_new_tokens;
+        if total > self.model.max_positions() {
+            return bad(format!(
+                "prompt ({} tokens) + max_new_tokens ({}) exceeds the model's {} positions",
+                tokens.len(),
+                params.max_new_tokens,
+                self.model.max_positions()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds a sequence; its prompt is processed by the next [`Engine::step`].
+    pub fn add(&mut self, req: SequenceRequest) -> Result<SeqId> {
+        let num_images = match &req.images {
+            Some(t) => t.dim(0)?,
+            None => 0,
+        };
+        self.validate(&req.tokens, num_images, &req.params)?;
+        let state = self.model.new_sequence(req.images.as_ref())?;
+        let rule = self.model.config().media_rule;
+        let id = self.next_id;
+        self.next_id += 1;
+        let decoding = if req.params.num_beams > 1 {
+            Decoding::Beam(BeamSearch {
+                prompt_state: Some(state),
+                rows: Vec::new(),
+                hypotheses: BeamHypotheses::new(req.params.num_beams, req.params.length_penalty),
+                steps: 0,
+            })
+        } else {
+            Decoding::Single(Single { state, sampler: Sampler::new(req.params.sampling.clone()), generated: Vec::new() })
+        };
+        self.active.push(Active {
+            id,
+            prompt_media_time: prompt_media_time(rule, &req.tokens, self.model.image_token_id()),
+            prompt: req.tokens,
+            num_images,
+            params: req.params,
+            decoding,
+        });
+        Ok(id)
+    }
+
+    /// Drops a sequence (finished elsewhere, cancelled, client gone). Unknown ids are ignored.
+    pub fn remove(&mut self, seq: SeqId) -> bool {
+        let before = self.active.len();
+        self.active.retain(|a| a.id != seq);
+        before != self.active.len()
+    }
+
+    pub fn contains(&self, seq: SeqId) -> bool {
+        self.active.iter().any(|a| a.id == seq)
+    }
+
+    /// One forward over every sequence; returns what happened. Finished sequences leave.
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        if self.active.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rule = self.model.config().media_rule;
+        let image_token = self.model.image_token_id();
+        // Owned token/media-time lists first, so the packed inputs can borrow them.
+        let mut feeds: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+        for a in &self.active {
+            let last = |tokens: &[u32]| {
+                let t = *tokens.last().expect("prefilled sequences have tokens");
+                (vec![t], vec![generated_media_time(rule, t, image_token, a.num_images)])
+            };
+            match &a.decoding {
+                _ if !a.prefilled() => feeds.push((a.prompt.clone(), a.prompt_media_time.clone())),
+                Decoding::Single(s) => feeds.push(last(&s.generated)),
+                Decoding::Beam(b) => feeds.extend(b.rows.iter().map(|r| last(&r.tokens))),
+            }
+        }
+        let mut states: Vec<&mut SequenceState> = Vec::with_capacity(feeds.len());
+        for a in self.active.iter_mut() {
+            match &mut a.decoding {
+                Decoding::Single(s) => states.push(&mut s.state),
+                Decoding::Beam(b) => match &mut b.prompt_state {
+                    Some(state) => states.push(state),
+                    None => states.extend(b.rows.iter_mut().map(|r| &mut r.state)),
+                },
+            }
+        }
+        let mut inputs: Vec<PackedInput> = states
+            .into_iter()
+            .zip(&feeds)
+            .map(|(state, (tokens, media_time))| PackedInput { state, tokens, media_time })
+            .collect();
+        let logits = self.model.forward(&mut inputs, LogitsFor::LastToken, None)?.to_vec2::<f32>()?;
+        drop(inputs);
+
+        let mut events = Vec::new();
+        let mut rows = logits.into_iter();
+        let mut finished = Vec::new();
+        for a in self.active.iter_mut() {
+            let reason = match &mut a.decoding {
+                Decoding::Single(s) => {
+                    let row = rows.next().expect("one row per sequence");
+                    let seen: Vec<u32> = a.prompt.iter().chain(&s.generated).copied().collect();
+                    let (id, logprob) = s.sampler.next(&row, &seen);
+                    s.generated.push(id);
+                    events.push(Event::Token { seq: a.id, token: GeneratedToken { id, logprob } });
+                    if a.params.stop_tokens.contains(&id) {
+                        Some((FinishReason::StopToken, Vec::new()))
+                    } else if s.generated.len() >= a.params.max_new_tokens {
+                        Some((FinishReason::Length, Vec::new()))
+                    } else {
+                        None
+                    }
+                }
+                Decoding::Beam(b) => {
+                    let n = if b.prompt_state.is_some() { 1 } else { b.rows.len() };
+                    let logits: Vec<Vec<f32>> = rows.by_ref().take(n).collect();
+                    beam_step(b, &logits, a.prompt.len(), &a.params)?
+                }
+            };
+            if let Some((reason, hypotheses)) = reason {
+                finished.push(a.id);
+                events.push(Event::Finished { seq: a.id, reason, hypotheses });
+            }
+        }
+        self.active.retain(|a| !finished.contains(&a.id));
+        Ok(events)
+    }
+}
+
+/// One step of transformers 4.28 `beam_search` + `BeamSearchScorer.process` for one request.
+/// Returns the finish reason and ranked hypotheses once the search is over.
+fn beam_step(
+    b: &mut BeamSearch,
+    logits: &[Vec<f32>],
+    prompt_len: usize,
+    params: &GenerationParams,
+) -> Result<Option<(FinishReason, Vec<Hypothesis>)>> {
+    let num_beams = params.num_beams;
+    let logprobs: Vec<Vec<f32>> = logits.iter().map(|l| log_softmax(l)).collect();
+    // At the first step every beam holds the prompt and all but the first score -1e9, so only
+    // the first beam's continuations can win: run it alone.
+    let scores: Vec<f32> = if b.rows.is_empty() { vec![0.0] } else { b.rows.iter().map(|r| r.score).collect() };
+    let candidates = top_candidates(&scores, &logprobs, 2 * num_beams);
+    let cur_len = prompt_len + b.steps;
+    let history = |beam: usize| b.rows.get(beam).map(|r| r.tokens.clone()).unwrap_or_default();
+    let history_logprobs = |beam: usize| b.rows.get(beam).map(|r| r.logprobs.clone()).unwrap_or_default();
+    let mut chosen: Vec<(Candidate, f32)> = Vec::with_capacity(num_beams);
+    for (rank, c) in candidates.iter().enumerate() {
+        let token_logprob = logprobs[c.beam][c.token as usize];
+        if params.stop_tokens.contains(&c.token) {
+            if rank >= num_beams {
+                continue;
+            }
+            let (mut tokens, mut lps) = (history(c.beam), history_logprobs(c.beam));
+            tokens.push(c.token);
+            lps.push(token_logprob);
+            b.hypotheses.add(tokens, lps, c.score, cur_len);
+        } else {
+            chosen.push((*c, token_logprob));
+            if chosen.len() == num_beams {
+                break;
+            }
+        }
+    }
+    let done = b.hypotheses.is_done(candidates[0].score, cur_len);
+    // New rows: a parent's caches move to its last child and are copied for the others.
+    let mut parents: Vec<Option<BeamRow>> = match b.prompt_state.take() {
+        Some(state) => vec![Some(BeamRow { state, tokens: Vec::new(), logprobs: Vec::new(), score: 0.0 })],
+        None => std::mem::take(&mut b.rows).into_iter().map(Some).collect(),
+    };
+    let mut uses = vec![0usize; parents.len()];
+    chosen.iter().for_each(|(c, _)| uses[c.beam] += 1);
+    let mut rows = Vec::with_capacity(num_beams);
+    for (c, token_logprob) in chosen {
+        uses[c.beam] -= 1;
+        let mut row = if uses[c.beam] == 0 {
+            parents[c.beam].take().expect("parent used once more than counted")
+        } else {
+            let p = parents[c.beam].as_ref().expect("parent present");
+            BeamRow { state: p.state.fork()?, tokens: p.tokens.clone(), logprobs: p.logprobs.clone(), score: p.score }
+        };
+        row.tokens.push(c.token);
+        row.logprobs.push(token_logprob);
+        row.score = c.score;
+        rows.push(row);
+    }
+    b.rows = rows;
+    b.steps += 1;
+    if !done && b.steps < params.max_new_tokens {
+        return Ok(None);
+    }
+    let mut hyps = std::mem::replace(&mut b.hypotheses, BeamHypotheses::new(num_beams, params.length_penalty));
+    if !done {
+        for r in &b.rows {
+            hyps.add(r.tokens.clone(), r.logprobs.clone(), r.score, prompt_len + b.steps);
+        }
+    }
+    let ranked: Vec<Hypothesis> = hyps
+        .into_ranked()
+        .into_iter()
+        .map(|(score, tokens, lps)| Hypothesis {
+            tokens: tokens.into_iter().zip(lps).map(|(id, logprob)| GeneratedToken { id, logprob }).collect(),
+            score,
+        })
+        .collect();
+    let reason = match ranked.first().and_then(|h| h.tokens.last()) {
+        Some(t) if params.stop_tokens.contains(&t.id) => FinishReason::StopToken,
+        _ => FinishReason::Length,
+    };
+    Ok(Some((reason, ranked)))
+}
