@@ -133,8 +133,8 @@ function createImageSlot(host, label) {
     loadToken: 0,
     setLabel(text) {
       slot.label = text;
-      drop.setAttribute('aria-label', `${text}: choose a file, or drop or paste (Ctrl+V) an image here`);
-      fileInput.setAttribute('aria-label', `Choose a file for ${text.toLowerCase()}`);
+      drop.setAttribute('aria-label', `${text}. Drop an image here, paste one (Ctrl+V) or choose a file.`);
+      fileInput.setAttribute('aria-label', `Choose file for ${text.toLowerCase()}`);
       for (const b of samplesBox.querySelectorAll('button')) {
         b.setAttribute('aria-label', `Use sample image “${b.dataset.name}” for ${text.toLowerCase()}`);
       }
@@ -274,6 +274,8 @@ document.addEventListener('paste', (e) => {
   const items = e.clipboardData ? [...e.clipboardData.items] : [];
   const item = items.find((i) => i.kind === 'file' && i.type.startsWith('image/'));
   if (!item) return; // plain text paste: leave it alone
+  const editing = document.activeElement?.matches?.('input[type="text"], input:not([type]), textarea');
+  if (editing && items.some((i) => i.kind === 'string' && i.type === 'text/plain')) return;
   const file = item.getAsFile();
   if (!file) return;
   e.preventDefault();
@@ -788,11 +790,19 @@ async function refreshReady() {
   readyTimer = setTimeout(refreshReady, state === 'ready' ? 15000 : 3000);
 }
 
-function findKey(obj, keys, depth = 0) {
-  if (!obj || typeof obj !== 'object' || depth > 3) return undefined;
-  for (const k of keys) if (obj[k] != null && typeof obj[k] !== 'object') return obj[k];
-  for (const v of Object.values(obj)) {
-    const r = findKey(v, keys, depth + 1);
+// /info's exact shape is the server's business: look for the first key, at any depth, in priority order.
+function findKey(obj, keys) {
+  const find = (o, k, depth) => {
+    if (!o || typeof o !== 'object' || depth > 3) return undefined;
+    if (o[k] != null && typeof o[k] !== 'object') return o[k];
+    for (const v of Object.values(o)) {
+      const r = find(v, k, depth + 1);
+      if (r !== undefined) return r;
+    }
+    return undefined;
+  };
+  for (const k of keys) {
+    const r = find(obj, k, 0);
     if (r !== undefined) return r;
   }
   return undefined;
@@ -804,7 +814,7 @@ async function loadInfo() {
     const res = await fetch(apiUrl('info'), { cache: 'no-store' });
     if (res.ok) {
       const info = await res.json();
-      id = findKey(info, ['model_id', 'model', 'model_name', 'id', 'name']);
+      id = findKey(info, ['model_id', 'model_name', 'model', 'id', 'name']);
       const bytes = Number(findKey(info, ['max_image_bytes']));
       const pixels = Number(findKey(info, ['max_image_pixels']));
       if (bytes > 0) limits.maxImageBytes = bytes;

@@ -17,9 +17,39 @@ const PUNCTUATIONS: [&str; 17] = [
     "...", ";",
 ];
 
-fn rule_table() -> &'static [Rule] {
-    static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
-    RULES.get_or_init(rules::rules)
+/// The rules plus, per rule, which ASCII chars can start a match (a cheap pre-filter).
+struct Table {
+    rules: Vec<Rule>,
+    ascii_start: Vec<[bool; 128]>,
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let rules = rules::rules();
+        let ascii_start = rules
+            .iter()
+            .map(|r| std::array::from_fn(|i| r.pat.can_start(char::from(i as u8))))
+            .collect();
+        Table { rules, ascii_start }
+    })
+}
+
+/// Words the lexer splits (`cannot` -> `can not`, `gonna` -> `gon na`, ...).
+const SPLIT_WORDS: [&str; 6] = ["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"];
+
+/// Fast path for the common case, an ASCII-letter word followed by whitespace or the end:
+/// no rule can make such a word anything but itself (rules that match longer need '.', '\'',
+/// '-', digits... or, like ABBREV4/ACRO with a space as trailing context, emit the same text),
+/// except the split words. Returns the word's end.
+fn plain_word(chars: &[char], pos: usize) -> Option<usize> {
+    let end = pos + chars[pos..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    if end == pos {
+        return None;
+    }
+    let delimited = chars.get(end).is_none_or(|&c| matches!(c, ' ' | '\t' | '\n'));
+    let word: String = chars[pos..end].iter().collect();
+    (delimited && !SPLIT_WORDS.iter().any(|w| w.eq_ignore_ascii_case(&word))).then_some(end)
 }
 
 /// Tokenizes a batch of captions the way `PTBTokenizer.tokenize` does: one output string per
@@ -61,11 +91,16 @@ fn is_py_space(c: char) -> bool {
 /// `-preserveLines`). Tokens are not lower-cased yet.
 fn lex_lines(text: &str) -> Vec<Vec<String>> {
     let chars: Vec<char> = text.chars().collect();
-    let rules = rule_table();
+    let table = table();
     let mut lines = vec![Vec::new()];
     let mut pos = 0;
     while pos < chars.len() {
-        let (rule, tok_end) = best_rule(rules, &chars, pos);
+        if let Some(end) = plain_word(&chars, pos) {
+            lines.last_mut().expect("lines is never empty").push(chars[pos..end].iter().collect());
+            pos = end;
+            continue;
+        }
+        let (rule, tok_end) = best_rule(table, &chars, pos);
         let matched: String = chars[pos..tok_end].iter().collect();
         let (token, next) = apply(rule.action, &matched, pos, tok_end);
         match rule.action {
@@ -85,10 +120,12 @@ fn lex_lines(text: &str) -> Vec<Vec<String>> {
 
 /// JFlex's choice: the longest match (trailing context included) wins, ties go to the earlier
 /// rule. Returns the rule and where its token ends (trailing context excluded).
-fn best_rule<'a>(rules: &'a [Rule], chars: &[char], pos: usize) -> (&'a Rule, usize) {
+fn best_rule<'a>(table: &'a Table, chars: &[char], pos: usize) -> (&'a Rule, usize) {
     let mut best: Option<(&Rule, usize, usize)> = None;
-    for rule in rules {
-        if !rule.pat.can_start(chars[pos]) {
+    let c = chars[pos];
+    for (rule, starts) in table.rules.iter().zip(&table.ascii_start) {
+        let possible = if c.is_ascii() { starts[c as usize] } else { rule.pat.can_start(c) };
+        if !possible {
             continue;
         }
         let ends = rule.pat.ends(chars, &[pos]);
