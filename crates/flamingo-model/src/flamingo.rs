@@ -135,6 +135,16 @@ impl Flamingo {
         })
     }
 
+    /// Random weights in the given shape (benchmarks of configurations we have no files for).
+    pub fn random(cfg: &FlamingoConfig, opts: &LoadOptions) -> Result<Self> {
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(crate::weights::RandomWeights::default()),
+            opts.dtype,
+            opts.device.clone(),
+        );
+        Ok(Self::assemble(cfg, vb.pp("visual"), vb.clone(), vb, opts)?)
+    }
+
     fn assemble(
         cfg: &FlamingoConfig,
         vision_vb: candle_nn::VarBuilder,

@@ -310,6 +310,33 @@ impl SimpleBackend for StoreBackend {
     }
 }
 
+/// Weights drawn from N(0, 0.02) (norm scales 1), for benchmarking shapes without files.
+#[derive(Default)]
+pub struct RandomWeights {
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let is_norm_scale = shape.rank() == 1 && name.ends_with("weight");
+        let t = if is_norm_scale {
+            Tensor::ones(shape, DType::F32, dev)?
+        } else {
+            Tensor::randn(0f32, 0.02, shape, dev)?
+        };
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
 const XATTN_IN_LAYER: &str = "lang_encoder.model.layers.";
 const XATTN_LIST: &str = "lang_encoder.gated_cross_attn_layers.";
 const XATTN_SUFFIX: &str = ".gated_cross_attn_layer.";

@@ -1,1 +1,168 @@
-fn main() {}
+//! Model benchmark (not a test): image encode time, prefill tokens/s, decode tokens/s at batch
+//! 1/4/16 and peak memory, for the bundled fixture, a "medium" random config and the
+//! OpenFlamingo-9B shape (random weights; optionally fewer LLaMA layers so it fits in RAM).
+//!
+//! cargo run --release -p flamingo-model --bin bench_model -- [fixture|medium|9b|dir:PATH]
+//!     [--dtype f32|f16|bf16] [--device cpu|cuda] [--batches 1,4,16] [--llama-layers N]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use flamingo_model::engine::{Engine, Event, GenerationParams, SequenceRequest};
+use flamingo_model::{Flamingo, FlamingoConfig, LoadOptions, ModelPaths};
+
+fn medium() -> FlamingoConfig {
+    let mut cfg = FlamingoConfig::openflamingo_9b();
+    cfg.vision.width = 384;
+    cfg.vision.layers = 6;
+    cfg.vision.heads = 6;
+    cfg.llama.hidden_size = 512;
+    cfg.llama.num_hidden_layers = 8;
+    cfg.llama.num_attention_heads = 8;
+    cfg.llama.intermediate_size = 1376;
+    cfg.cross_attn_every_n_layers = 2;
+    cfg
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map(String::as_str).unwrap_or("fixture");
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let dtype = match flag("--dtype").as_deref() {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        _ => DType::F32,
+    };
+    let device = match flag("--device").as_deref() {
+        Some("cuda") => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    };
+    let batches: Vec<usize> = flag("--batches")
+        .map(|b| b.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16]);
+    let opts = LoadOptions { dtype, device: device.clone(), media_rule: None };
+    let started = Instant::now();
+    let model = match which {
+        "fixture" => Flamingo::load(&ModelPaths::from_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-openflamingo")))?, &opts)?,
+        "medium" => Flamingo::random(&medium(), &opts)?,
+        "9b" => {
+            let mut cfg = FlamingoConfig::openflamingo_9b();
+            if let Some(n) = flag("--llama-layers") {
+                cfg.llama.num_hidden_layers = n.parse()?;
+            }
+            Flamingo::random(&cfg, &opts)?
+        }
+        dir => Flamingo::load(&ModelPaths::from_dir(std::path::Path::new(dir.trim_start_matches("dir:")))?, &opts)?,
+    };
+    let cfg = model.config().clone();
+    println!(
+        "model={which} dtype={dtype:?} vit={}x{} llama={}x{} (xattn every {}) vocab={} load={:.2}s threads={}",
+        cfg.vision.width,
+        cfg.vision.layers,
+        cfg.llama.hidden_size,
+        cfg.llama.num_hidden_layers,
+        cfg.cross_attn_every_n_layers,
+        cfg.vocab_size(),
+        started.elapsed().as_secs_f64(),
+        candle_core::utils::get_num_threads()
+    );
+    let model = Arc::new(model);
+    let engine = Engine::new(model.clone());
+    let size = cfg.vision.image_size;
+    let pixels: Vec<f32> = (0..3 * size * size).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+
+    // Image encode (ViT + resampler), one image.
+    let mut encode = Vec::new();
+    let mut latents = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        latents = Some(engine.encode_images(&[&pixels])?.remove(0));
+        encode.push(t.elapsed().as_secs_f64());
+    }
+    let latents = latents.expect("encoded").unsqueeze(0)?;
+    println!("image encode (1 image): {:.1} ms", median(encode) * 1e3);
+    let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
+    device.synchronize()?;
+    let (mut vit, mut resampler) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let tokens = model.vision_tokens(&px)?;
+        vit.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.resample(&tokens)?;
+        resampler.push(t.elapsed().as_secs_f64());
+    }
+    println!("  of which ViT {:.1} ms, resampler {:.1} ms", median(vit) * 1e3, median(resampler) * 1e3);
+
+    // Prefill of 1 image + 64 tokens.
+    let prompt_len = 64.min(model.max_positions() / 2);
+    let mut prompt: Vec<u32> = vec![1, model.image_token_id()];
+    prompt.extend((0..prompt_len - 2).map(|i| 100 + (i as u32 * 7) % 300));
+    let mut prefill = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let _ = model.score_prompt(&prompt, Some(&latents))?;
+        prefill.push(t.elapsed().as_secs_f64());
+    }
+    let p = median(prefill);
+    println!("prefill (1 image + {prompt_len} tokens): {:.1} ms = {:.0} tokens/s", p * 1e3, prompt_len as f64 / p);
+
+    // Decode at several batch sizes: all sequences join, then time steady decode steps.
+    let steps = 16.min(model.max_positions() - prompt_len - 1);
+    for &batch in &batches {
+        let mut engine = Engine::new(model.clone());
+        let params = GenerationParams { max_new_tokens: steps + 2, ..Default::default() };
+        for _ in 0..batch {
+            engine.add(SequenceRequest { tokens: prompt.clone(), images: Some(latents.clone()), params: params.clone() })?;
+        }
+        engine.step()?; // prefill
+        device.synchronize()?;
+        let t = Instant::now();
+        let mut tokens = 0;
+        for _ in 0..steps {
+            tokens += engine.step()?.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+        }
+        device.synchronize()?;
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "decode batch {batch:>2}: {:.1} ms/step, {:.1} tokens/s",
+            dt * 1e3 / steps as f64,
+            tokens as f64 / dt
+        );
+    }
+    // Decode cost per token early vs late in a long generation (should be nearly flat).
+    let long = 200.min(model.max_positions().saturating_sub(prompt_len + 1));
+    if long > 20 {
+        let mut engine = Engine::new(model.clone());
+        let params = GenerationParams { max_new_tokens: long, ..Default::default() };
+        engine.add(SequenceRequest { tokens: prompt.clone(), images: Some(latents.clone()), params })?;
+        engine.step()?;
+        let mut per_step = Vec::new();
+        while !engine.is_empty() {
+            let t = Instant::now();
+            engine.step()?;
+            per_step.push(t.elapsed().as_secs_f64());
+        }
+        let early = median(per_step[..10].to_vec());
+        let late = median(per_step[per_step.len() - 10..].to_vec());
+        println!("decode per token at step ~10: {:.2} ms, at step ~{long}: {:.2} ms", early * 1e3, late * 1e3);
+    }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
