@@ -96,7 +96,10 @@ pub struct Args {
     #[arg(long, default_value = "<image>Output:")]
     pub caption_query_template: String,
     /// VQA demo template (`{question}`, `{answer}`).
-    #[arg(long, default_value = "<image>Question:{question} Short Answer:{answer}<|endofchunk|>")]
+    #[arg(
+        long,
+        default_value = "<image>Question:{question} Short Answer:{answer}<|endofchunk|>"
+    )]
     pub vqa_demo_template: String,
     /// VQA query template (`{question}`).
     #[arg(long, default_value = "<image>Question:{question} Short Answer:")]
@@ -119,6 +122,9 @@ pub struct Args {
     /// Retries per request on 429/503 (honouring Retry-After), 5xx and connection errors.
     #[arg(long, default_value_t = 50)]
     pub max_retries: u32,
+    /// How long to wait for `GET /ready` == 200 before starting.
+    #[arg(long, default_value_t = 120)]
+    pub ready_timeout_secs: u64,
 }
 
 impl Args {
@@ -136,7 +142,11 @@ impl Args {
             Task::Coco => self.caption_max_new_tokens,
             Task::Vqav2 => self.vqa_max_new_tokens,
         };
-        GenParams { max_new_tokens, num_beams: self.num_beams, length_penalty: self.length_penalty }
+        GenParams {
+            max_new_tokens,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+        }
     }
 
     /// Everything that changes what a recorded prediction means. A resumed run must match it.
@@ -152,7 +162,8 @@ impl Args {
 }
 
 fn required<'a>(v: &'a Option<PathBuf>, flag: &str, task: Task) -> Result<&'a Path> {
-    v.as_deref().with_context(|| format!("--{flag} is required for task {}", task.name()))
+    v.as_deref()
+        .with_context(|| format!("--{flag} is required for task {}", task.name()))
 }
 
 fn load_task(args: &Args, task: Task, t: &Templates) -> Result<TaskData> {
@@ -161,7 +172,8 @@ fn load_task(args: &Args, task: Task, t: &Templates) -> Result<TaskData> {
             let json = required(&args.coco_karpathy_json, "coco-karpathy-json", task)?;
             let images = required(&args.coco_images, "coco-images", task)?;
             let train = datasets::load_karpathy(json, images, &args.coco_demo_splits)?;
-            let test = datasets::load_karpathy(json, images, std::slice::from_ref(&args.coco_eval_split))?;
+            let test =
+                datasets::load_karpathy(json, images, std::slice::from_ref(&args.coco_eval_split))?;
             Ok(tasks::coco_data(train, test, t))
         }
         Task::Vqav2 => {
@@ -187,8 +199,8 @@ fn check_manifest(out_dir: &Path, fingerprint: &serde_json::Value) -> Result<()>
     let path = out_dir.join("run_config.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let old: serde_json::Value =
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+            let old: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display()))?;
             if &old != fingerprint {
                 bail!(
                     "{} holds predictions made with other settings:\n  recorded: {old}\n  now:      {fingerprint}\n\
@@ -207,7 +219,9 @@ fn check_manifest(out_dir: &Path, fingerprint: &serde_json::Value) -> Result<()>
 }
 
 fn jsonl_path(out_dir: &Path, task: Task, shots: usize, seed: u64) -> PathBuf {
-    out_dir.join("predictions").join(format!("{}_{shots}shot_seed{seed}.jsonl", task.name()))
+    out_dir
+        .join("predictions")
+        .join(format!("{}_{shots}shot_seed{seed}.jsonl", task.name()))
 }
 
 /// Runs the whole evaluation; returns the summary (also written to results.json).
@@ -215,7 +229,8 @@ pub async fn run(args: Args) -> Result<RunSummary> {
     if args.tasks.is_empty() || args.shots.is_empty() || args.seeds.is_empty() {
         bail!("--tasks, --shots and --seeds must not be empty");
     }
-    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("creating {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
     let fingerprint = args.fingerprint();
     check_manifest(&args.out_dir, &fingerprint)?;
     let templates = args.templates();
@@ -226,13 +241,28 @@ pub async fn run(args: Args) -> Result<RunSummary> {
         args.max_retries,
     )?);
 
+    if !args.score_only {
+        client
+            .wait_ready(Duration::from_secs(args.ready_timeout_secs))
+            .await?;
+    }
+
     let mut summary = RunSummary::default();
     let mut scores: Vec<UnitScore> = Vec::new();
     for &task in &args.tasks {
         let data = load_task(&args, task, &templates)?;
-        eprintln!("{}: {} demo candidates, {} evaluation items", task.name(), data.demos.len(), data.items.len());
+        eprintln!(
+            "{}: {} demo candidates, {} evaluation items",
+            task.name(),
+            data.demos.len(),
+            data.items.len()
+        );
         for &seed in &args.seeds {
-            let sel = Selection { seed, num_samples: args.num_samples, query_set_size: args.query_set_size };
+            let sel = Selection {
+                seed,
+                num_samples: args.num_samples,
+                query_set_size: args.query_set_size,
+            };
             let items = tasks::eval_items(&data, sel);
             for &shots in &args.shots {
                 let jsonl = jsonl_path(&args.out_dir, task, shots, seed);
@@ -250,7 +280,14 @@ pub async fn run(args: Args) -> Result<RunSummary> {
                     summary.failed += stats.failed;
                 }
                 let preds = runner::read_predictions(&jsonl)?;
-                report::write_official_predictions(&args.out_dir, &data, &items, &preds, shots, seed)?;
+                report::write_official_predictions(
+                    &args.out_dir,
+                    &data,
+                    &items,
+                    &preds,
+                    shots,
+                    seed,
+                )?;
                 let s = report::score_unit(&data, &items, &preds, shots, seed);
                 eprintln!(
                     "{} {shots}-shot seed {seed}: {} = {} ({}/{} answered)",

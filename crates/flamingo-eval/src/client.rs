@@ -43,8 +43,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base_url: &str, api_key: Option<String>, timeout: Duration, max_retries: u32) -> Result<Self> {
-        let http = reqwest::Client::builder().timeout(timeout).build().context("building HTTP client")?;
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        max_retries: u32,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building HTTP client")?;
         Ok(Self {
             http,
             url: format!("{}/generate", base_url.trim_end_matches('/')),
@@ -54,14 +62,47 @@ impl Client {
         })
     }
 
+    /// Polls `GET /ready` until it answers 200, so a wrong URL or a dead server fails fast
+    /// instead of burning through the per-request retries.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let url = format!("{}/ready", self.url.trim_end_matches("/generate"));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = match self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("server at {url} not ready after {timeout:?} (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// HTTP requests sent so far, retries included.
     pub fn requests_sent(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
     /// Sends one prompt; returns `generated_text`.
-    pub async fn generate(&self, inputs: &str, images: &[String], params: &GenParams) -> Result<String> {
-        let body = GenerateRequest { inputs, images, parameters: params };
+    pub async fn generate(
+        &self,
+        inputs: &str,
+        images: &[String],
+        params: &GenParams,
+    ) -> Result<String> {
+        let body = GenerateRequest {
+            inputs,
+            images,
+            parameters: params,
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -78,7 +119,8 @@ impl Client {
                             resp.json().await.context("decoding /generate response")?;
                         return Ok(parsed.generated_text);
                     }
-                    let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
+                    let retry_after =
+                        parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
                     let text = resp.text().await.unwrap_or_default();
                     let wait = match status.as_u16() {
                         429 | 503 => retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
@@ -118,7 +160,9 @@ fn truncate(s: &str, n: usize) -> &str {
 
 /// Reads an image file as standard base64 (what the API accepts).
 pub async fn image_base64(path: &Path) -> Result<String> {
-    let bytes = tokio::fs::read(path).await.with_context(|| format!("reading image {}", path.display()))?;
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading image {}", path.display()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
@@ -129,9 +173,18 @@ mod tests {
 
     #[test]
     fn retry_after_parsing() {
-        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("2"))), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("0.5"))), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("soon"))), None);
+        assert_eq!(
+            parse_retry_after(Some(&HeaderValue::from_static("2"))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_retry_after(Some(&HeaderValue::from_static("0.5"))),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_retry_after(Some(&HeaderValue::from_static("soon"))),
+            None
+        );
         assert_eq!(parse_retry_after(None), None);
     }
 

@@ -61,7 +61,7 @@ pub fn load_karpathy(json: &Path, image_dir: &Path, splits: &[String]) -> Result
     let items: Vec<CaptionItem> = file
         .images
         .into_iter()
-        .filter(|im| splits.iter().any(|s| *s == im.split))
+        .filter(|im| splits.contains(&im.split))
         .map(|im| {
             let dir = match &im.filepath {
                 Some(fp) if !fp.is_empty() => image_dir.join(fp),
@@ -130,12 +130,21 @@ pub fn load_vqa(
     let mut answers: HashMap<u64, Vec<String>> = a
         .annotations
         .into_iter()
-        .map(|ann| (ann.question_id, ann.answers.into_iter().map(|x| x.answer).collect()))
+        .map(|ann| {
+            (
+                ann.question_id,
+                ann.answers.into_iter().map(|x| x.answer).collect(),
+            )
+        })
         .collect();
     let mut items = Vec::with_capacity(q.questions.len());
     for qu in q.questions {
         let Some(ans) = answers.remove(&qu.question_id) else {
-            bail!("{}: question {} has no annotation", annotations.display(), qu.question_id);
+            bail!(
+                "{}: question {} has no annotation",
+                annotations.display(),
+                qu.question_id
+            );
         };
         let file = render_image_name(image_template, &subtype, qu.image_id);
         items.push(VqaItem {
@@ -169,6 +178,9 @@ mod tests {
             render_image_name("COCO_{subtype}_{image_id:012}.jpg", "val2014", 42),
             "COCO_val2014_000000000042.jpg"
         );
-        assert_eq!(render_image_name("{subtype}/{image_id}.png", "train", 7), "train/7.png");
+        assert_eq!(
+            render_image_name("{subtype}/{image_id}.png", "train", 7),
+            "train/7.png"
+        );
     }
 }

@@ -17,7 +17,10 @@ async fn main() -> ExitCode {
                     "results": out_dir.join("results.json")})
             );
             if summary.failed > 0 {
-                eprintln!("{} item(s) failed; re-run the same command to retry them", summary.failed);
+                eprintln!(
+                    "{} item(s) failed; re-run the same command to retry them",
+                    summary.failed
+                );
                 return ExitCode::from(2);
             }
             ExitCode::SUCCESS

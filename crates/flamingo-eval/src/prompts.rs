@@ -36,7 +36,9 @@ impl Templates {
         self.caption_query.clone()
     }
     pub fn vqa_demo(&self, question: &str, answer: &str) -> String {
-        self.vqa_demo.replace("{question}", question.trim()).replace("{answer}", answer.trim())
+        self.vqa_demo
+            .replace("{question}", question.trim())
+            .replace("{answer}", answer.trim())
     }
     pub fn vqa_query(&self, question: &str) -> String {
         self.vqa_query.replace("{question}", question.trim())
@@ -63,11 +65,17 @@ pub struct Prompt {
 pub fn assemble(demos: &[Demo], query_text: &str, query_image: PathBuf, shots: usize) -> Prompt {
     let context: String = demos.iter().map(|d| d.text.as_str()).collect();
     if shots == 0 {
-        Prompt { text: context.replace(IMAGE_TOKEN, "") + query_text, images: vec![query_image] }
+        Prompt {
+            text: context.replace(IMAGE_TOKEN, "") + query_text,
+            images: vec![query_image],
+        }
     } else {
         let mut images: Vec<PathBuf> = demos.iter().map(|d| d.image.clone()).collect();
         images.push(query_image);
-        Prompt { text: context + query_text, images }
+        Prompt {
+            text: context + query_text,
+            images,
+        }
     }
 }
 
@@ -96,7 +104,10 @@ pub fn postprocess_caption(generated: &str) -> String {
 /// normalisation is applied by the metric (it only normalises when the humans disagree).
 pub fn postprocess_vqa(generated: &str) -> String {
     let s = cut_end_of_chunk(generated);
-    let cut = [s.find("Question"), s.find("Answer")].into_iter().flatten().min();
+    let cut = [s.find("Question"), s.find("Answer")]
+        .into_iter()
+        .flatten()
+        .min();
     match cut {
         Some(i) => s[..i].to_string(),
         None => s.to_string(),
@@ -108,19 +119,28 @@ mod tests {
     use super::*;
 
     fn demo(text: &str, img: &str) -> Demo {
-        Demo { text: text.into(), image: PathBuf::from(img) }
+        Demo {
+            text: text.into(),
+            image: PathBuf::from(img),
+        }
     }
 
     #[test]
     fn few_shot_caption_prompt() {
         let t = Templates::default();
-        let demos = vec![demo(&t.caption_demo(" A cat. "), "a.png"), demo(&t.caption_demo("A dog."), "b.png")];
+        let demos = vec![
+            demo(&t.caption_demo(" A cat. "), "a.png"),
+            demo(&t.caption_demo("A dog."), "b.png"),
+        ];
         let p = assemble(&demos, &t.caption_query(), "q.png".into(), 2);
         assert_eq!(
             p.text,
             "<image>Output:A cat.<|endofchunk|><image>Output:A dog.<|endofchunk|><image>Output:"
         );
-        assert_eq!(p.images, vec![PathBuf::from("a.png"), "b.png".into(), "q.png".into()]);
+        assert_eq!(
+            p.images,
+            vec![PathBuf::from("a.png"), "b.png".into(), "q.png".into()]
+        );
     }
 
     #[test]
@@ -142,7 +162,10 @@ mod tests {
 
     #[test]
     fn postprocessing() {
-        assert_eq!(postprocess_caption("A \"big\" dog. Output: more"), "A big dog. ");
+        assert_eq!(
+            postprocess_caption("A \"big\" dog. Output: more"),
+            "A big dog. "
+        );
         assert_eq!(postprocess_caption("A cat<|endofchunk|>junk"), "A cat");
         assert_eq!(postprocess_vqa("yes Question: why"), "yes ");
         assert_eq!(postprocess_vqa("two Short Answer: 3"), "two Short ");

@@ -78,8 +78,12 @@ pub fn write_official_predictions(
             })
         })
         .collect();
-    let path = dir.join(format!("{}_{shots}shot_seed{seed}_results.json", data.task.name()));
-    std::fs::write(&path, serde_json::to_vec_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))
+    let path = dir.join(format!(
+        "{}_{shots}shot_seed{seed}_results.json",
+        data.task.name()
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Counters of this invocation, reported next to the table.
@@ -113,14 +117,28 @@ pub fn cells(units: &[UnitScore]) -> Vec<Cell> {
     }
     keys.into_iter()
         .map(|(task, shots)| {
-            let group: Vec<&UnitScore> = units.iter().filter(|u| u.task == task && u.shots == shots).collect();
+            let group: Vec<&UnitScore> = units
+                .iter()
+                .filter(|u| u.task == task && u.shots == shots)
+                .collect();
             let scores: Vec<f64> = group.iter().filter_map(|u| u.score).collect();
-            let complete = group.iter().all(|u| u.answered == u.expected && u.score.is_some());
-            let mean = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
+            let complete = group
+                .iter()
+                .all(|u| u.answered == u.expected && u.score.is_some());
+            let mean =
+                (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
             let std = mean.filter(|_| scores.len() > 1).map(|m| {
                 (scores.iter().map(|s| (s - m).powi(2)).sum::<f64>() / scores.len() as f64).sqrt()
             });
-            Cell { task, shots, metric: task.metric_name(), mean, std, seeds: group.iter().map(|u| u.seed).collect(), complete }
+            Cell {
+                task,
+                shots,
+                metric: task.metric_name(),
+                mean,
+                std,
+                seeds: group.iter().map(|u| u.seed).collect(),
+                complete,
+            }
         })
         .collect()
 }
@@ -157,10 +175,20 @@ pub fn markdown(cells: &[Cell], units: &[UnitScore], run: &RunSummary) -> String
         }
         md.push('\n');
     }
-    md.push_str("\n## Units\n\n| task | shots | seed | score | answered |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(
+        "\n## Units\n\n| task | shots | seed | score | answered |\n|---|---:|---:|---:|---:|\n",
+    );
     for u in units {
         let score = u.score.map_or("-".to_string(), |s| format!("{s:.2}"));
-        let _ = writeln!(md, "| {} | {} | {} | {score} | {}/{} |", u.task.name(), u.shots, u.seed, u.answered, u.expected);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {score} | {}/{} |",
+            u.task.name(),
+            u.shots,
+            u.seed,
+            u.answered,
+            u.expected
+        );
     }
     let _ = write!(
         md,
@@ -183,11 +211,19 @@ fn format_cell(c: &Cell) -> String {
 }
 
 /// Writes `results.json` and `results.md` into `dir`.
-pub fn write_results(dir: &Path, config: &serde_json::Value, units: &[UnitScore], run: &RunSummary) -> Result<()> {
+pub fn write_results(
+    dir: &Path,
+    config: &serde_json::Value,
+    units: &[UnitScore],
+    run: &RunSummary,
+) -> Result<()> {
     let cells = cells(units);
     let results = json!({ "config": config, "table": cells, "units": units, "run": run });
-    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&results)?)
-        .with_context(|| format!("writing {}", dir.join("results.json").display()))?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )
+    .with_context(|| format!("writing {}", dir.join("results.json").display()))?;
     std::fs::write(dir.join("results.md"), markdown(&cells, units, run))
         .with_context(|| format!("writing {}", dir.join("results.md").display()))?;
     Ok(())
@@ -198,7 +234,15 @@ mod tests {
     use super::*;
 
     fn unit(task: Task, shots: usize, seed: u64, score: f64) -> UnitScore {
-        UnitScore { task, shots, seed, metric: task.metric_name(), score: Some(score), answered: 2, expected: 2 }
+        UnitScore {
+            task,
+            shots,
+            seed,
+            metric: task.metric_name(),
+            score: Some(score),
+            answered: 2,
+            expected: 2,
+        }
     }
 
     #[test]

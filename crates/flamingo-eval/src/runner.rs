@@ -89,8 +89,16 @@ pub struct UnitStats {
 /// Sends every job not yet in `unit.jsonl`, at most `concurrency` at a time.
 pub async fn run_unit(client: Arc<Client>, unit: Unit, concurrency: usize) -> Result<UnitStats> {
     let done = read_predictions(&unit.jsonl)?;
-    let pending: Vec<Job> = unit.jobs.iter().filter(|j| !done.contains_key(&j.id)).cloned().collect();
-    let mut stats = UnitStats { skipped: unit.jobs.len() - pending.len(), ..Default::default() };
+    let pending: Vec<Job> = unit
+        .jobs
+        .iter()
+        .filter(|j| !done.contains_key(&j.id))
+        .cloned()
+        .collect();
+    let mut stats = UnitStats {
+        skipped: unit.jobs.len() - pending.len(),
+        ..Default::default()
+    };
     if pending.is_empty() {
         return Ok(stats);
     }
@@ -100,8 +108,17 @@ pub async fn run_unit(client: Arc<Client>, unit: Unit, concurrency: usize) -> Re
     let mut set = JoinSet::new();
     for job in pending {
         // Acquire before spawning so at most `concurrency` jobs (and their images) are in memory.
-        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-        let (client, writer, params, task) = (client.clone(), writer.clone(), unit.params.clone(), unit.task);
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (client, writer, params, task) = (
+            client.clone(),
+            writer.clone(),
+            unit.params.clone(),
+            unit.task,
+        );
         set.spawn(async move {
             let _permit = permit;
             let result = answer(&client, &job, &params, task).await;
@@ -123,7 +140,11 @@ pub async fn run_unit(client: Arc<Client>, unit: Unit, concurrency: usize) -> Re
 
 type JobOutcome = Result<(String, Result<PredictionRecord>)>;
 
-fn tally(res: std::result::Result<JobOutcome, tokio::task::JoinError>, stats: &mut UnitStats, bar: &ProgressBar) -> Result<()> {
+fn tally(
+    res: std::result::Result<JobOutcome, tokio::task::JoinError>,
+    stats: &mut UnitStats,
+    bar: &ProgressBar,
+) -> Result<()> {
     // A write failure (disk full...) aborts the run: continuing would lose answers.
     let (id, result) = res.context("request task panicked")??;
     match result {
@@ -137,7 +158,12 @@ fn tally(res: std::result::Result<JobOutcome, tokio::task::JoinError>, stats: &m
     Ok(())
 }
 
-async fn answer(client: &Client, job: &Job, params: &GenParams, task: Task) -> Result<PredictionRecord> {
+async fn answer(
+    client: &Client,
+    job: &Job,
+    params: &GenParams,
+    task: Task,
+) -> Result<PredictionRecord> {
     let mut images = Vec::with_capacity(job.prompt.images.len());
     for p in &job.prompt.images {
         images.push(client::image_base64(p).await?);
@@ -156,7 +182,9 @@ fn append(writer: &Mutex<File>, rec: &PredictionRecord) -> Result<()> {
     let mut line = serde_json::to_string(rec)?;
     line.push('\n');
     // One write_all per record under the lock: lines never interleave.
-    let mut f = writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+    let mut f = writer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
     f.write_all(line.as_bytes())?;
     f.flush()?;
     Ok(())
@@ -179,7 +207,13 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> PredictionRecord {
-        PredictionRecord { id: id.into(), prediction: "p".into(), raw: "r".into(), prompt: String::new(), demo_ids: vec![] }
+        PredictionRecord {
+            id: id.into(),
+            prediction: "p".into(),
+            raw: "r".into(),
+            prompt: String::new(),
+            demo_ids: vec![],
+        }
     }
 
     #[test]

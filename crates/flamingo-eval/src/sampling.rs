@@ -53,13 +53,24 @@ pub fn demo_pool(seed: u64, task: &str, len: usize, query_set_size: usize) -> Ve
     if query_set_size == 0 || query_set_size >= len {
         return (0..len).collect();
     }
-    let mut idx = sample_indices(stable_seed(&[&seed.to_string(), task, "pool"]), len, query_set_size);
+    let mut idx = sample_indices(
+        stable_seed(&[&seed.to_string(), task, "pool"]),
+        len,
+        query_set_size,
+    );
     idx.sort_unstable();
     idx
 }
 
 /// Demos for one query: `k` distinct positions in the pool, in prompt order.
-pub fn demos_for_query(seed: u64, task: &str, shots: usize, query_id: &str, pool_len: usize, k: usize) -> Vec<usize> {
+pub fn demos_for_query(
+    seed: u64,
+    task: &str,
+    shots: usize,
+    query_id: &str,
+    pool_len: usize,
+    k: usize,
+) -> Vec<usize> {
     let s = stable_seed(&[&seed.to_string(), task, &shots.to_string(), query_id]);
     sample_indices(s, pool_len, k)
 }

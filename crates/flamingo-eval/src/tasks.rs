@@ -75,13 +75,26 @@ pub fn coco_data(train: Vec<CaptionItem>, test: Vec<CaptionItem>, t: &Templates)
     let demos = train
         .into_iter()
         .filter(|c| !c.captions.is_empty())
-        .map(|c| DemoItem { text: t.caption_demo(&c.captions[0]), id: c.id, image: c.image })
+        .map(|c| DemoItem {
+            text: t.caption_demo(&c.captions[0]),
+            id: c.id,
+            image: c.image,
+        })
         .collect();
     let items = test
         .into_iter()
-        .map(|c| EvalItem { query_text: t.caption_query(), id: c.id, image: c.image, refs: c.captions })
+        .map(|c| EvalItem {
+            query_text: t.caption_query(),
+            id: c.id,
+            image: c.image,
+            refs: c.captions,
+        })
         .collect();
-    TaskData { task: Task::Coco, demos, items }
+    TaskData {
+        task: Task::Coco,
+        demos,
+        items,
+    }
 }
 
 pub fn vqa_data(train: Vec<VqaItem>, val: Vec<VqaItem>, t: &Templates) -> TaskData {
@@ -104,7 +117,11 @@ pub fn vqa_data(train: Vec<VqaItem>, val: Vec<VqaItem>, t: &Templates) -> TaskDa
             refs: q.answers,
         })
         .collect();
-    TaskData { task: Task::Vqav2, demos, items }
+    TaskData {
+        task: Task::Vqav2,
+        demos,
+        items,
+    }
 }
 
 /// One request to make.
@@ -125,7 +142,12 @@ pub struct Selection {
 
 /// The evaluation items of a seed (indices into `data.items`).
 pub fn eval_items(data: &TaskData, sel: Selection) -> Vec<usize> {
-    sampling::eval_subset(sel.seed, data.task.name(), data.items.len(), sel.num_samples)
+    sampling::eval_subset(
+        sel.seed,
+        data.task.name(),
+        data.items.len(),
+        sel.num_samples,
+    )
 }
 
 /// Builds the requests for one (shots, seed) unit.
@@ -134,7 +156,10 @@ pub fn build_jobs(data: &TaskData, shots: usize, sel: Selection) -> Result<Vec<J
     let pool = sampling::demo_pool(sel.seed, name, data.demos.len(), sel.query_set_size);
     let k = prompts::effective_shots(shots);
     if pool.len() < k {
-        bail!("{name}: {k} demos needed but the demo pool has only {}", pool.len());
+        bail!(
+            "{name}: {k} demos needed but the demo pool has only {}",
+            pool.len()
+        );
     }
     Ok(eval_items(data, sel)
         .into_iter()
@@ -142,8 +167,13 @@ pub fn build_jobs(data: &TaskData, shots: usize, sel: Selection) -> Result<Vec<J
             let item = &data.items[i];
             let picks = sampling::demos_for_query(sel.seed, name, shots, &item.id, pool.len(), k);
             let demos: Vec<&DemoItem> = picks.iter().map(|&p| &data.demos[pool[p]]).collect();
-            let rendered: Vec<Demo> =
-                demos.iter().map(|d| Demo { text: d.text.clone(), image: d.image.clone() }).collect();
+            let rendered: Vec<Demo> = demos
+                .iter()
+                .map(|d| Demo {
+                    text: d.text.clone(),
+                    image: d.image.clone(),
+                })
+                .collect();
             Job {
                 id: item.id.clone(),
                 prompt: prompts::assemble(&rendered, &item.query_text, item.image.clone(), shots),
@@ -167,10 +197,16 @@ mod tests {
 
     #[test]
     fn jobs_use_train_demos_and_test_queries() {
-        let train = (0..10).map(|i| caption(&format!("t{i}"), &["A thing."])).collect();
+        let train = (0..10)
+            .map(|i| caption(&format!("t{i}"), &["A thing."]))
+            .collect();
         let test = vec![caption("q1", &["ref"]), caption("q2", &["ref"])];
         let data = coco_data(train, test, &Templates::default());
-        let sel = Selection { seed: 1, num_samples: None, query_set_size: 0 };
+        let sel = Selection {
+            seed: 1,
+            num_samples: None,
+            query_set_size: 0,
+        };
         let jobs = build_jobs(&data, 4, sel).unwrap();
         assert_eq!(jobs.len(), 2);
         for j in &jobs {

@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn streams_need_their_final_event_and_valid_sse() {
         let k = Kind::GenerateStream;
-        assert_eq!(classify(k, &obs(200, stream(true, None, false, false))), Class::Success);
+        assert_eq!(
+            classify(k, &obs(200, stream(true, None, false, false))),
+            Class::Success
+        );
         assert_eq!(
             classify(k, &obs(200, stream(false, None, false, false))),
             Class::Lost(Lost::StreamWithoutFinalEvent)
@@ -298,7 +301,10 @@ mod tests {
             classify(Kind::Generate, &obs(200, bad.clone())),
             Class::Lost(Lost::MalformedJson)
         );
-        assert_eq!(classify(Kind::Generate, &obs(422, bad)), Class::Lost(Lost::MalformedJson));
+        assert_eq!(
+            classify(Kind::Generate, &obs(422, bad)),
+            Class::Lost(Lost::MalformedJson)
+        );
         assert_eq!(
             classify(Kind::Chat, &obs(200, Body::Json { shape_ok: false })),
             Class::Failure(Failure::WrongBodyShape)
@@ -310,7 +316,10 @@ mod tests {
         for k in [Kind::BadBase64, Kind::WrongImageCount, Kind::MalformedJson] {
             assert_eq!(classify(k, &obs(422, OK)), Class::Rejected);
             assert_eq!(classify(k, &obs(400, OK)), Class::Rejected);
-            assert_eq!(classify(k, &obs(200, OK)), Class::Failure(Failure::BadInputAccepted));
+            assert_eq!(
+                classify(k, &obs(200, OK)),
+                Class::Failure(Failure::BadInputAccepted)
+            );
             assert_eq!(
                 classify(k, &obs(500, OK)),
                 Class::Failure(Failure::BadInputServerError)
@@ -326,10 +335,19 @@ mod tests {
             ..obs(429, OK)
         };
         assert_eq!(classify(k, &shed), Class::Shed);
-        assert_eq!(classify(k, &obs(503, OK)), Class::Failure(Failure::MissingRetryAfter));
+        assert_eq!(
+            classify(k, &obs(503, OK)),
+            Class::Failure(Failure::MissingRetryAfter)
+        );
         assert_eq!(classify(k, &obs(504, OK)), Class::Error);
-        assert_eq!(classify(k, &obs(500, OK)), Class::Failure(Failure::UndocumentedStatus));
-        assert_eq!(classify(k, &obs(502, OK)), Class::Failure(Failure::UndocumentedStatus));
+        assert_eq!(
+            classify(k, &obs(500, OK)),
+            Class::Failure(Failure::UndocumentedStatus)
+        );
+        assert_eq!(
+            classify(k, &obs(502, OK)),
+            Class::Failure(Failure::UndocumentedStatus)
+        );
         assert_eq!(
             classify(k, &obs(404, Body::BadJson("html".into()))),
             Class::Failure(Failure::UndocumentedStatus)
@@ -338,7 +356,13 @@ mod tests {
 
     #[test]
     fn class_names() {
-        assert_eq!(Class::Lost(Lost::StreamWithoutFinalEvent).name(), "lost:stream_without_final_event");
-        assert_eq!(Class::Failure(Failure::MissingRetryAfter).name(), "failure:missing_retry_after");
+        assert_eq!(
+            Class::Lost(Lost::StreamWithoutFinalEvent).name(),
+            "lost:stream_without_final_event"
+        );
+        assert_eq!(
+            Class::Failure(Failure::MissingRetryAfter).name(),
+            "failure:missing_retry_after"
+        );
     }
 }

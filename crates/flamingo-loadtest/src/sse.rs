@@ -115,8 +115,12 @@ pub enum Protocol {
 /// What one event means for the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
-    /// A token (or, for OpenAI, a content/role delta).
+    /// A token (for OpenAI: a chunk whose delta has non-empty content).
     Token,
+    /// A well-formed event without content (OpenAI's leading role-only delta, the chunk that
+    /// only carries `finish_reason`). It must not count as the first token: a server that sends
+    /// the role chunk before prefill would otherwise look like it had a 0 ms time to first token.
+    Other,
     /// The protocol's final event: the stream is complete.
     Final,
     /// `event: error` after the stream started; the payload's error type.
@@ -176,7 +180,7 @@ impl StreamChecker {
                 }
                 self.finished = true;
             }
-            EventKind::Error(_) => {}
+            EventKind::Other | EventKind::Error(_) => {}
         }
         Ok(kind)
     }
@@ -226,10 +230,19 @@ fn check_openai(data: &str) -> Result<EventKind, String> {
     if v.get("object").and_then(|o| o.as_str()) != Some("chat.completion.chunk") {
         return Err("OpenAI stream event is not a chat.completion.chunk".into());
     }
-    if !v.get("choices").is_some_and(|c| c.is_array()) {
+    let Some(choices) = v.get("choices").and_then(|c| c.as_array()) else {
         return Err("chat.completion.chunk without `choices`".into());
-    }
-    Ok(EventKind::Token)
+    };
+    let has_content = choices.iter().any(|c| {
+        c.pointer("/delta/content")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| !t.is_empty())
+    });
+    Ok(if has_content {
+        EventKind::Token
+    } else {
+        EventKind::Other
+    })
 }
 
 #[cfg(test)]
@@ -285,8 +298,7 @@ mod tests {
         assert!(SseParser::new().feed(b"data: \xff\n").is_err());
     }
 
-    const TGI_TOKEN: &str =
-        r#"{"index":1,"token":{"id":5,"text":"a","logprob":-1.0,"special":false},"generated_text":null,"details":null}"#;
+    const TGI_TOKEN: &str = r#"{"index":1,"token":{"id":5,"text":"a","logprob":-1.0,"special":false},"generated_text":null,"details":null}"#;
     const TGI_FINAL: &str = r#"{"index":2,"token":{"id":6,"text":"b","logprob":-1.0,"special":false},"generated_text":"ab","details":{"finish_reason":"length","generated_tokens":2,"seed":null},"filtered":false}"#;
 
     #[test]
@@ -297,7 +309,10 @@ mod tests {
         assert_eq!(c.on_event(&ev(None, TGI_FINAL)).unwrap(), EventKind::Final);
         assert!(c.finished);
         assert_eq!(c.tokens, 2);
-        assert!(c.on_event(&ev(None, TGI_TOKEN)).is_err(), "nothing may follow the final event");
+        assert!(
+            c.on_event(&ev(None, TGI_TOKEN)).is_err(),
+            "nothing may follow the final event"
+        );
     }
 
     #[test]
@@ -315,28 +330,41 @@ mod tests {
     fn error_event_terminates_with_its_type_in_either_shape() {
         let mut c = StreamChecker::new(Protocol::Tgi);
         let k = c
-            .on_event(&ev(Some("error"), r#"{"error":"x","error_type":"timeout"}"#))
+            .on_event(&ev(
+                Some("error"),
+                r#"{"error":"x","error_type":"timeout"}"#,
+            ))
             .unwrap();
         assert_eq!(k, EventKind::Error("timeout".into()));
         assert!(c.terminated());
         let mut c = StreamChecker::new(Protocol::OpenAi);
         let k = c
-            .on_event(&ev(Some("error"), r#"{"error":{"message":"m","type":"internal"}}"#))
+            .on_event(&ev(
+                Some("error"),
+                r#"{"error":{"message":"m","type":"internal"}}"#,
+            ))
             .unwrap();
         assert_eq!(k, EventKind::Error("internal".into()));
         let mut c = StreamChecker::new(Protocol::OpenAi);
-        assert!(c.on_event(&ev(Some("error"), r#"{"error":"no type"}"#)).is_err());
+        assert!(c
+            .on_event(&ev(Some("error"), r#"{"error":"no type"}"#))
+            .is_err());
     }
 
     #[test]
     fn openai_stream_needs_done() {
         let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
+        let role = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#;
         let mut c = StreamChecker::new(Protocol::OpenAi);
+        assert_eq!(c.on_event(&ev(None, role)).unwrap(), EventKind::Other);
+        assert_eq!(c.tokens, 0);
         assert_eq!(c.on_event(&ev(None, chunk)).unwrap(), EventKind::Token);
         assert!(!c.finished);
         assert_eq!(c.on_event(&ev(None, "[DONE]")).unwrap(), EventKind::Final);
         assert!(c.finished);
         let mut c = StreamChecker::new(Protocol::OpenAi);
-        assert!(c.on_event(&ev(None, r#"{"object":"chat.completion"}"#)).is_err());
+        assert!(c
+            .on_event(&ev(None, r#"{"object":"chat.completion"}"#))
+            .is_err());
     }
 }

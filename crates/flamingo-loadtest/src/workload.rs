@@ -74,11 +74,6 @@ impl Kind {
             Kind::BadBase64 | Kind::WrongImageCount | Kind::MalformedJson
         )
     }
-
-    /// Whether `/v1` (OpenAI error shape) or a TGI route (flat error shape) serves it.
-    pub fn is_openai(self) -> bool {
-        matches!(self, Kind::Chat | Kind::ChatStream)
-    }
 }
 
 /// Relative weights of each kind.
@@ -109,7 +104,10 @@ impl Mix {
                 let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
                 format!("unknown kind {name:?} (known: {})", names.join(", "))
             })?;
-            let w: u32 = w.trim().parse().with_context(|| format!("weight in {part:?}"))?;
+            let w: u32 = w
+                .trim()
+                .parse()
+                .with_context(|| format!("weight in {part:?}"))?;
             if w > 0 {
                 weights.push((kind, w));
             }
@@ -301,17 +299,17 @@ impl Workload {
                 tgi_route(rng.random_bool(0.5), body)
             }
             Kind::MalformedJson => {
-                let (path, stream) = if rng.random_bool(0.5) {
-                    ("/generate", None)
+                let path = if rng.random_bool(0.5) {
+                    "/generate"
                 } else {
-                    ("/v1/chat/completions", None)
+                    "/v1/chat/completions"
                 };
                 // A body cut in the middle, sent as application/json: 400 invalid_request.
                 let body = format!(
                     "{{\"inputs\": \"<image>Output:\", \"images\": [\"{}",
                     &img(rng)[..32]
                 );
-                return self.finish(index, kind, path, body.into_bytes(), stream, rng);
+                return self.finish(index, kind, path, body.into_bytes(), None, rng);
             }
         };
         let bytes = serde_json::to_vec(&body).expect("json serialises");
@@ -420,7 +418,8 @@ mod tests {
     use super::*;
 
     fn workload(mix: &str) -> Workload {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-openflamingo/images");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-openflamingo/images");
         Workload::new(Mix::parse(mix).unwrap(), 7, &dir, 4, 8).unwrap()
     }
 

@@ -30,8 +30,16 @@ struct Vector<'a> {
     length: f64,
 }
 
-fn counts_to_vec<'a>(counts: &Counts<'a>, df: &HashMap<Vec<&'a str>, f64>, ref_len: f64) -> Vector<'a> {
-    let mut v = Vector { vec: Default::default(), norm: [0.0; N], length: 0.0 };
+fn counts_to_vec<'a>(
+    counts: &Counts<'a>,
+    df: &HashMap<Vec<&'a str>, f64>,
+    ref_len: f64,
+) -> Vector<'a> {
+    let mut v = Vector {
+        vec: Default::default(),
+        norm: [0.0; N],
+        length: 0.0,
+    };
     for (ngram, &tf) in counts {
         let n = ngram.len() - 1;
         let d = df.get(ngram).copied().unwrap_or(0.0).max(1.0).ln();
@@ -50,18 +58,19 @@ fn counts_to_vec<'a>(counts: &Counts<'a>, df: &HashMap<Vec<&'a str>, f64>, ref_l
 
 fn sim(hyp: &Vector, r: &Vector) -> [f64; N] {
     let delta = hyp.length - r.length;
-    let mut val = [0.0; N];
-    for n in 0..N {
-        for (ngram, &h) in &hyp.vec[n] {
-            let rv = r.vec[n].get(ngram).copied().unwrap_or(0.0);
-            val[n] += h.min(rv) * rv;
-        }
+    std::array::from_fn(|n| {
+        let mut v: f64 = hyp.vec[n]
+            .iter()
+            .map(|(ngram, &h)| {
+                let rv = r.vec[n].get(ngram).copied().unwrap_or(0.0);
+                h.min(rv) * rv
+            })
+            .sum();
         if hyp.norm[n] != 0.0 && r.norm[n] != 0.0 {
-            val[n] /= hyp.norm[n] * r.norm[n];
+            v /= hyp.norm[n] * r.norm[n];
         }
-        val[n] *= (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
-    }
-    val
+        v * (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp()
+    })
 }
 
 /// Corpus CIDEr-D (mean over items) and the per-item scores, in pycocoevalcap's scale
@@ -71,8 +80,10 @@ pub fn cider_d<S: AsRef<str>, T: AsRef<str>>(refs: &[Vec<S>], hyps: &[T]) -> (f6
     if hyps.is_empty() {
         return (0.0, Vec::new());
     }
-    let crefs: Vec<Vec<Counts>> =
-        refs.iter().map(|rs| rs.iter().map(|r| ngram_counts(r.as_ref())).collect()).collect();
+    let crefs: Vec<Vec<Counts>> = refs
+        .iter()
+        .map(|rs| rs.iter().map(|r| ngram_counts(r.as_ref())).collect())
+        .collect();
     let ctest: Vec<Counts> = hyps.iter().map(|h| ngram_counts(h.as_ref())).collect();
 
     // Document frequency: in how many items' reference sets an n-gram occurs.
@@ -123,8 +134,22 @@ mod tests {
             vec!["a red car parked on a street", "a car on the street"],
             vec!["two people eating pizza", "people sharing a pizza"],
         ];
-        let (_, good) = cider_d(&refs, &["a dog on the grass", "a car on a street", "people eating pizza"]);
-        let (_, bad) = cider_d(&refs, &["a car on a street", "people eating pizza", "a dog on the grass"]);
+        let (_, good) = cider_d(
+            &refs,
+            &[
+                "a dog on the grass",
+                "a car on a street",
+                "people eating pizza",
+            ],
+        );
+        let (_, bad) = cider_d(
+            &refs,
+            &[
+                "a car on a street",
+                "people eating pizza",
+                "a dog on the grass",
+            ],
+        );
         for (g, b) in good.iter().zip(&bad) {
             assert!(g > b, "{g} <= {b}");
         }

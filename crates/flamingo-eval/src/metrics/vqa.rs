@@ -5,6 +5,7 @@
 //!   32 periods are removed;
 //! - accuracy = mean over the 10 leave-one-out subsets of min(#matches / 3, 1).
 
+#[rustfmt::skip]
 const CONTRACTIONS: &[(&str, &str)] = &[
     ("aint", "ain't"), ("arent", "aren't"), ("cant", "can't"), ("couldve", "could've"),
     ("couldnt", "couldn't"), ("couldn'tve", "couldn't've"), ("couldnt've", "couldn't've"),
@@ -45,6 +46,7 @@ const CONTRACTIONS: &[(&str, &str)] = &[
     ("youre", "you're"), ("youve", "you've"),
 ];
 
+#[rustfmt::skip]
 const MANUAL_MAP: &[(&str, &str)] = &[
     ("none", "0"), ("zero", "0"), ("one", "1"), ("two", "2"), ("three", "3"), ("four", "4"),
     ("five", "5"), ("six", "6"), ("seven", "7"), ("eight", "8"), ("nine", "9"), ("ten", "10"),
@@ -53,8 +55,8 @@ const MANUAL_MAP: &[(&str, &str)] = &[
 const ARTICLES: [&str; 3] = ["a", "an", "the"];
 
 const PUNCT: [char; 21] = [
-    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`',
-    ',', '?', '!',
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
+    '?', '!',
 ];
 
 /// `re.sub(pattern, repl, string, re.UNICODE)`: the flag lands in `count` (re.UNICODE == 32).
@@ -77,7 +79,8 @@ fn is_nd(c: char) -> bool {
 /// `re.search(r"(\d)(\,)(\d)", s)`.
 fn has_digit_comma_digit(s: &str) -> bool {
     let cs: Vec<char> = s.chars().collect();
-    cs.windows(3).any(|w| is_py_digit(w[0]) && w[1] == ',' && is_py_digit(w[2]))
+    cs.windows(3)
+        .any(|w| is_py_digit(w[0]) && w[1] == ',' && is_py_digit(w[2]))
 }
 
 /// `processPunctuation`. The keep-or-space decision looks at the *original* text for every
@@ -119,9 +122,19 @@ pub fn process_digit_article(in_text: &str) -> String {
     let lower = in_text.to_lowercase();
     let words: Vec<&str> = lower
         .split_whitespace()
-        .map(|w| MANUAL_MAP.iter().find(|(k, _)| *k == w).map_or(w, |(_, v)| *v))
+        .map(|w| {
+            MANUAL_MAP
+                .iter()
+                .find(|(k, _)| *k == w)
+                .map_or(w, |(_, v)| *v)
+        })
         .filter(|w| !ARTICLES.contains(w))
-        .map(|w| CONTRACTIONS.iter().find(|(k, _)| *k == w).map_or(w, |(_, v)| *v))
+        .map(|w| {
+            CONTRACTIONS
+                .iter()
+                .find(|(k, _)| *k == w)
+                .map_or(w, |(_, v)| *v)
+        })
         .collect();
     words.join(" ")
 }
@@ -149,7 +162,11 @@ pub fn vqa_accuracy<S: AsRef<str>>(prediction: &str, gt_answers: &[S]) -> f64 {
     }
     let total: f64 = (0..gts.len())
         .map(|i| {
-            let matches = gts.iter().enumerate().filter(|(j, g)| *j != i && **g == res).count();
+            let matches = gts
+                .iter()
+                .enumerate()
+                .filter(|(j, g)| *j != i && **g == res)
+                .count();
             (matches as f64 / 3.0).min(1.0)
         })
         .sum();

@@ -43,11 +43,17 @@ const SPLIT_WORDS: [&str; 6] = ["cannot", "gonna", "gotta", "lemme", "gimme", "w
 /// '-', digits... or, like ABBREV4/ACRO with a space as trailing context, emit the same text),
 /// except the split words. Returns the word's end.
 fn plain_word(chars: &[char], pos: usize) -> Option<usize> {
-    let end = pos + chars[pos..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    let end = pos
+        + chars[pos..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .count();
     if end == pos {
         return None;
     }
-    let delimited = chars.get(end).is_none_or(|&c| matches!(c, ' ' | '\t' | '\n'));
+    let delimited = chars
+        .get(end)
+        .is_none_or(|&c| matches!(c, ' ' | '\t' | '\n'));
     let word: String = chars[pos..end].iter().collect();
     (delimited && !SPLIT_WORDS.iter().any(|w| w.eq_ignore_ascii_case(&word))).then_some(end)
 }
@@ -70,7 +76,11 @@ pub fn tokenize_captions<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
                     // The Java prints the lower-cased tokens space-separated; Python then does
                     // `line.rstrip().split(' ')`, which also strips a trailing U+00A0 inside the
                     // last token (URLs may end with one).
-                    let line = toks.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(" ");
+                    let line = toks
+                        .iter()
+                        .map(|t| t.to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     line.trim_end_matches(is_py_space)
                         .split(' ')
                         .filter(|t| !PUNCTUATIONS.contains(t))
@@ -96,7 +106,10 @@ fn lex_lines(text: &str) -> Vec<Vec<String>> {
     let mut pos = 0;
     while pos < chars.len() {
         if let Some(end) = plain_word(&chars, pos) {
-            lines.last_mut().expect("lines is never empty").push(chars[pos..end].iter().collect());
+            lines
+                .last_mut()
+                .expect("lines is never empty")
+                .push(chars[pos..end].iter().collect());
             pos = end;
             continue;
         }
@@ -124,7 +137,11 @@ fn best_rule<'a>(table: &'a Table, chars: &[char], pos: usize) -> (&'a Rule, usi
     let mut best: Option<(&Rule, usize, usize)> = None;
     let c = chars[pos];
     for (rule, starts) in table.rules.iter().zip(&table.ascii_start) {
-        let possible = if c.is_ascii() { starts[c as usize] } else { rule.pat.can_start(c) };
+        let possible = if c.is_ascii() {
+            starts[c as usize]
+        } else {
+            rule.pat.can_start(c)
+        };
         if !possible {
             continue;
         }
@@ -164,10 +181,18 @@ fn apply(action: Action, matched: &str, pos: usize, end: usize) -> (Option<Strin
         Action::Currency => (Some(normalize_currency(matched)), end),
         Action::Fraction => (Some(normalize_fraction(matched)), end),
         Action::Phone => (
-            Some(matched.replace(' ', "\u{00A0}").replace('(', "-LRB-").replace(')', "-RRB-")),
+            Some(
+                matched
+                    .replace(' ', "\u{00A0}")
+                    .replace('(', "-LRB-")
+                    .replace(')', "-RRB-"),
+            ),
             end,
         ),
-        Action::Parens => (Some(matched.replace('(', "-LRB-").replace(')', "-RRB-")), end),
+        Action::Parens => (
+            Some(matched.replace('(', "-LRB-").replace(')', "-RRB-")),
+            end,
+        ),
         Action::Hyphens => {
             if (3..=4).contains(&len) {
                 (Some("--".to_string()), end)
@@ -189,7 +214,11 @@ fn apply(action: Action, matched: &str, pos: usize, end: usize) -> (Option<Strin
 }
 
 fn latex_quotes(tok: &str, probably_left: bool) -> String {
-    let (single, double) = if probably_left { ("`", "``") } else { ("'", "''") };
+    let (single, double) = if probably_left {
+        ("`", "``")
+    } else {
+        ("'", "''")
+    };
     let mut s = tok.replace("&apos;", single).replace('\'', single);
     s = s.replace('"', double).replace("&quot;", double);
     let mut out = String::with_capacity(s.len());
@@ -244,7 +273,10 @@ mod tests {
     // Expected strings below were produced by stanford-corenlp-3.4.1.jar through pycocoevalcap.
     #[test]
     fn plain_caption() {
-        assert_eq!(tok("A man riding a wave on top of a surfboard."), "a man riding a wave on top of a surfboard");
+        assert_eq!(
+            tok("A man riding a wave on top of a surfboard."),
+            "a man riding a wave on top of a surfboard"
+        );
     }
 
     #[test]
@@ -261,7 +293,10 @@ mod tests {
             tok("Is it 3.5 or 1,000 dogs? I don't know & can't say -- maybe"),
             "is it 3.5 or 1,000 dogs i do n't know & ca n't say maybe"
         );
-        assert_eq!(tok("The U.S. flag and Mr. Smith's cat at 5 p.m."), "the u.s. flag and mr. smith 's cat at 5 p.m.");
+        assert_eq!(
+            tok("The U.S. flag and Mr. Smith's cat at 5 p.m."),
+            "the u.s. flag and mr. smith 's cat at 5 p.m."
+        );
     }
 
     #[test]

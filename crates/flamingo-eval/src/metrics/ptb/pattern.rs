@@ -15,6 +15,9 @@ pub(crate) enum Pat {
     Class(fn(char) -> bool),
     /// A caseless literal.
     Lit(&'static str),
+    /// A literal whose first char is matched exactly and the rest caselessly: the flex's
+    /// `[A]bout` (a one-char class, which caselessness does not touch, then literal text).
+    CapLit(&'static str),
     Seq(Vec<Pat>),
     Alt(Vec<Pat>),
     /// `min..=max` repetitions (`max == None`: unbounded).
@@ -37,6 +40,15 @@ impl Pat {
             Pat::Lit(lit) => {
                 for &s in starts {
                     if lit_matches(text, s, lit) {
+                        out.push(s + lit.chars().count());
+                    }
+                }
+                return out;
+            }
+            Pat::CapLit(lit) => {
+                for &s in starts {
+                    let first = lit.chars().next();
+                    if text.get(s).copied() == first && lit_matches(text, s, lit) {
                         out.push(s + lit.chars().count());
                     }
                 }
@@ -84,7 +96,7 @@ impl Pat {
     fn nullable(&self) -> bool {
         match self {
             Pat::Class(_) => false,
-            Pat::Lit(l) => l.is_empty(),
+            Pat::Lit(l) | Pat::CapLit(l) => l.is_empty(),
             Pat::Seq(parts) => parts.iter().all(Pat::nullable),
             Pat::Alt(alts) => alts.iter().any(Pat::nullable),
             Pat::Rep(p, min, _) => *min == 0 || p.nullable(),
@@ -96,6 +108,7 @@ impl Pat {
         match self {
             Pat::Class(f) => f(c),
             Pat::Lit(l) => l.chars().next().is_some_and(|f| f.eq_ignore_ascii_case(&c)),
+            Pat::CapLit(l) => l.starts_with(c),
             Pat::Seq(parts) => {
                 for p in parts {
                     if p.can_start(c) {
@@ -131,6 +144,9 @@ fn lit_matches(text: &[char], start: usize, lit: &str) -> bool {
 
 pub(crate) fn lit(s: &'static str) -> Pat {
     Pat::Lit(s)
+}
+pub(crate) fn cap(s: &'static str) -> Pat {
+    Pat::CapLit(s)
 }
 pub(crate) fn cls(f: fn(char) -> bool) -> Pat {
     Pat::Class(f)

@@ -5,7 +5,7 @@
 //! Character classes follow Java: `[:letter:]` ~ `char::is_alphabetic`, `[:digit:]` ~ decimal
 //! digits, `[:uppercase:]` ~ `char::is_uppercase` (identical for ASCII, approximate elsewhere).
 
-use super::pattern::{alt, cls, lit, lits, opt, plus, rep, seq, star, Pat};
+use super::pattern::{alt, cap, cls, lit, lits, opt, plus, rep, seq, star, Pat};
 
 /// What a rule does with its match (the Java action, minus the bookkeeping for invertibility).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +53,18 @@ pub(crate) struct Rule {
 }
 
 fn r(pat: Pat, action: Action) -> Rule {
-    Rule { pat, ctx: None, action }
+    Rule {
+        pat,
+        ctx: None,
+        action,
+    }
 }
 fn rc(pat: Pat, ctx: Pat, action: Action) -> Rule {
-    Rule { pat, ctx: Some(ctx), action }
+    Rule {
+        pat,
+        ctx: Some(ctx),
+        action,
+    }
 }
 fn ch(c: char) -> Pat {
     // Non-letter single chars are unaffected by caselessness, so a literal is fine; letters that
@@ -94,6 +102,7 @@ fn in_ranges(c: char, ranges: &[(u32, u32)]) -> bool {
 }
 /// The extra code points the flex adds to `[:letter:]` in LETTER.
 fn is_letter_extra(c: char) -> bool {
+    #[rustfmt::skip]
     const R: &[(u32, u32)] = &[
         (0x00AD, 0x00AD), (0x0237, 0x024F), (0x02C2, 0x02C5), (0x02D2, 0x02DF), (0x02E5, 0x02FF),
         (0x0300, 0x036F), (0x0370, 0x037D), (0x0384, 0x0385), (0x03CF, 0x03CF), (0x03F6, 0x03F6),
@@ -112,16 +121,19 @@ fn is_letter_extra(c: char) -> bool {
     in_ranges(c, R)
 }
 fn is_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{3000}')
+    matches!(
+        c,
+        ' ' | '\t' | '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{3000}'
+    )
 }
 fn is_newline_char(c: char) -> bool {
-    matches!(c, '\r' | '\n' | '\u{2028}' | '\u{2029}' | '\u{000B}' | '\u{000C}' | '\u{0085}')
+    "\r\n\u{2028}\u{2029}\u{000B}\u{000C}\u{0085}".contains(c)
 }
 fn is_apos_char(c: char) -> bool {
-    matches!(c, '\'' | '\u{0092}' | '\u{2019}')
+    "'\u{0092}\u{2019}".contains(c)
 }
 fn is_apos_etc_char(c: char) -> bool {
-    is_apos_char(c) || matches!(c, '`' | '\u{0091}' | '\u{2018}' | '\u{201B}')
+    is_apos_char(c) || "`\u{0091}\u{2018}\u{201B}".contains(c)
 }
 fn is_alnum_ascii(c: char) -> bool {
     c.is_ascii_alphanumeric()
@@ -174,12 +186,18 @@ fn word() -> Pat {
     seq(vec![
         letter_big(),
         body(),
-        star(seq(vec![cls(|c| matches!(c, '.' | '!' | '?')), letter_big(), body()])),
+        star(seq(vec![cls(|c| ".!?".contains(c)), letter_big(), body()])),
     ])
 }
 /// REDAUX = {APOS}([msdMSD]|re|ve|ll)
 fn redaux() -> Pat {
-    seq(vec![apos(), alt(vec![cls(|c| "msdMSD".contains(c)), lits(&["re", "ve", "ll"])])])
+    seq(vec![
+        apos(),
+        alt(vec![
+            cls(|c| "msdMSD".contains(c)),
+            lits(&["re", "ve", "ll"]),
+        ]),
+    ])
 }
 /// SREDAUX = n{APOSETCETERA}t
 fn sredaux() -> Pat {
@@ -204,7 +222,10 @@ fn apoword() -> Pat {
         seq(vec![apos(), lit("em")]),
         // [A-HJ-XZn]{APOSETCETERA}[:letter:]{2}[:letter:]*  ('n' caseless)
         seq(vec![
-            alt(vec![cls(|c| matches!(c, 'A'..='H' | 'J'..='X' | 'Z')), lit("n")]),
+            alt(vec![
+                cls(|c| matches!(c, 'A'..='H' | 'J'..='X' | 'Z')),
+                lit("n"),
+            ]),
             apos_etc(),
             l(),
             l(),
@@ -222,50 +243,43 @@ fn apoword() -> Pat {
         ]),
         seq(vec![apos(), lit("cause")]),
         seq(vec![lit("cont'd"), opt(ch('.'))]),
-        lits(&["'twas", "nor'easter", "c'mon", "e'er", "s'mores", "ev'ry", "li'l", "nat'l"]),
+        lits(&[
+            "'twas",
+            "nor'easter",
+            "c'mon",
+            "e'er",
+            "s'mores",
+            "ev'ry",
+            "li'l",
+            "nat'l",
+        ]),
         seq(vec![lit("O"), apos_etc(), lit("o")]),
     ])
 }
 /// Characters excluded by `[^ \t\n\f\r\"<>|(){}]` style classes.
 fn url_body(c: char) -> bool {
-    !matches!(c, ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '(' | ')' | '{' | '}')
+    !" \t\n\u{000C}\r\"<>|(){}".contains(c)
 }
 fn url_last(c: char) -> bool {
-    !matches!(
-        c,
-        ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '.' | '!' | '?' | '(' | ')'
-            | '{' | '}' | ',' | '-'
-    )
+    !" \t\n\u{000C}\r\"<>|.!?(){},-".contains(c)
 }
 fn fullurl() -> Pat {
-    seq(vec![lit("http"), opt(lit("s")), lit("://"), plus(cls(url_body)), cls(url_last)])
+    seq(vec![
+        lit("http"),
+        opt(lit("s")),
+        lit("://"),
+        plus(cls(url_body)),
+        cls(url_last),
+    ])
 }
 fn likelyurl() -> Pat {
-    let www_part = |c: char| {
-        !matches!(
-            c,
-            ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '.' | '!' | '?' | '('
-                | ')' | '{' | '}' | ','
-        )
-    };
+    let www_part = |c: char| !" \t\n\u{000C}\r\"<>|.!?(){},".contains(c);
     // `,-_` in the flex class is a range: it excludes U+002C..U+005F (digits, capitals, ...).
     let dom_part = |c: char| {
-        !(matches!(
-            c,
-            ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '`' | '\'' | '<' | '>' | '|' | '.' | '!'
-                | '?' | '(' | ')' | '{' | '}' | '$'
-        ) || ('\u{2C}'..='\u{5F}').contains(&c))
+        !(" \t\n\u{000C}\r\"`'<>|.!?(){}$".contains(c) || ('\u{2C}'..='\u{5F}').contains(&c))
     };
-    let path_body = |c: char| {
-        !matches!(c, ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '(' | ')')
-    };
-    let path_last = |c: char| {
-        !matches!(
-            c,
-            ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '.' | '!' | '?' | '('
-                | ')' | '{' | '}' | ',' | '-'
-        )
-    };
+    let path_body = |c: char| !" \t\n\u{000C}\r\"<>|()".contains(c);
+    let path_last = |c: char| !" \t\n\u{000C}\r\"<>|.!?(){},-".contains(c);
     seq(vec![
         alt(vec![
             seq(vec![
@@ -278,24 +292,16 @@ fn likelyurl() -> Pat {
                 lits(&["com", "net", "org", "edu"]),
             ]),
         ]),
-        opt(seq(vec![cls(|c| c == '/'), plus(cls(path_body)), cls(path_last)])),
+        opt(seq(vec![
+            cls(|c| c == '/'),
+            plus(cls(path_body)),
+            cls(path_last),
+        ])),
     ])
 }
 fn email() -> Pat {
-    let first = |c: char| {
-        !matches!(
-            c,
-            ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '(' | ')' | '\u{00A0}'
-                | '{' | '}'
-        )
-    };
-    let dom = |c: char| {
-        !matches!(
-            c,
-            ' ' | '\t' | '\n' | '\u{000C}' | '\r' | '"' | '<' | '>' | '|' | '(' | ')' | '{' | '}'
-                | '.' | '\u{00A0}'
-        )
-    };
+    let first = |c: char| !" \t\n\u{000C}\r\"<>|()\u{00A0}{}".contains(c);
+    let dom = |c: char| !" \t\n\u{000C}\r\"<>|(){}.\u{00A0}".contains(c);
     seq(vec![
         opt(alt(vec![lit("&lt;"), cls(|c| c == '<')])),
         cls(is_alnum_ascii),
@@ -318,21 +324,35 @@ fn twitter() -> Pat {
 }
 fn date() -> Pat {
     let sep = || cls(|c| c == '-' || c == '/');
-    seq(vec![rep(digit(), 1, 2), sep(), rep(digit(), 1, 2), sep(), rep(digit(), 2, 4)])
+    seq(vec![
+        rep(digit(), 1, 2),
+        sep(),
+        rep(digit(), 1, 2),
+        sep(),
+        rep(digit(), 2, 4),
+    ])
 }
 /// NUMBER = [\-+]?({DIGIT}+|{DIGIT}*([.:,\u00AD\u066B\u066C]{DIGIT}+)+)
 fn number() -> Pat {
-    let sep = cls(|c| matches!(c, '.' | ':' | ',' | '\u{00AD}' | '\u{066B}' | '\u{066C}'));
+    let sep = cls(|c| ".:,\u{00AD}\u{066B}\u{066C}".contains(c));
     seq(vec![
         opt(cls(|c| c == '-' || c == '+')),
-        alt(vec![plus(digit()), seq(vec![star(digit()), plus(seq(vec![sep, plus(digit())]))])]),
+        alt(vec![
+            plus(digit()),
+            seq(vec![star(digit()), plus(seq(vec![sep, plus(digit())]))]),
+        ]),
     ])
 }
 fn subsupnum() -> Pat {
     seq(vec![
-        opt(cls(|c| matches!(c, '\u{207A}' | '\u{207B}' | '\u{208A}' | '\u{208B}'))),
+        opt(cls(|c| "\u{207A}\u{207B}\u{208A}\u{208B}".contains(c))),
         alt(vec![
-            plus(cls(|c| matches!(c, '\u{2070}' | '\u{00B9}' | '\u{00B2}' | '\u{00B3}' | '\u{2074}'..='\u{2079}'))),
+            plus(cls(|c| {
+                matches!(
+                    c,
+                    '\u{2070}' | '\u{00B9}' | '\u{00B2}' | '\u{00B3}' | '\u{2074}'..='\u{2079}'
+                )
+            })),
             plus(cls(|c| ('\u{2080}'..='\u{2089}').contains(&c))),
         ]),
     ])
@@ -340,7 +360,10 @@ fn subsupnum() -> Pat {
 /// FRAC = ({DIGIT}{1,4}[- \u00A0])?{DIGIT}{1,4}(\\?\/|\u2044){DIGIT}{1,4}
 fn frac() -> Pat {
     seq(vec![
-        opt(seq(vec![rep(digit(), 1, 4), cls(|c| matches!(c, '-' | ' ' | '\u{00A0}'))])),
+        opt(seq(vec![
+            rep(digit(), 1, 4),
+            cls(|c| "- \u{00A0}".contains(c)),
+        ])),
         rep(digit(), 1, 4),
         alt(vec![
             seq(vec![opt(cls(|c| c == '\\')), cls(|c| c == '/')]),
@@ -352,7 +375,11 @@ fn frac() -> Pat {
 fn tbspec() -> Pat {
     let amp = || alt(vec![ch('&'), lit("&amp;")]);
     alt(vec![
-        seq(vec![ch('-'), lits(&["RRB", "LRB", "RCB", "LCB", "RSB", "LSB"]), ch('-')]),
+        seq(vec![
+            ch('-'),
+            lits(&["RRB", "LRB", "RCB", "LCB", "RSB", "LSB"]),
+            ch('-'),
+        ]),
         lits(&["C.D.s", "pro-", "anti-"]),
         seq(vec![lit("S"), amp(), lit("P-500")]),
         seq(vec![lit("S"), amp(), lit("Ls")]),
@@ -379,81 +406,70 @@ fn thing3() -> Pat {
     ])
 }
 fn dolsign() -> Pat {
-    alt(vec![seq(vec![star(cls(is_upper_ascii)), cls(|c| c == '$')]), cls(|c| c == '#')])
+    alt(vec![
+        seq(vec![star(cls(is_upper_ascii)), cls(|c| c == '$')]),
+        cls(|c| c == '#'),
+    ])
 }
 fn dolsign2(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00A2}' | '\u{00A3}' | '\u{00A4}' | '\u{00A5}' | '\u{0080}' | '\u{20A0}' | '\u{20AC}'
-            | '\u{060B}' | '\u{0E3F}' | '\u{20A4}' | '\u{FFE0}' | '\u{FFE1}' | '\u{FFE5}' | '\u{FFE6}'
-    )
+    "\u{00A2}\u{00A3}\u{00A4}\u{00A5}\u{0080}\u{20A0}\u{20AC}\u{060B}\u{0E3F}\u{20A4}\u{FFE0}\u{FFE1}\u{FFE5}\u{FFE6}".contains(c)
 }
 /// ACRO = [A-Za-z](\.[A-Za-z])* | ...;  ACRO2 is the same with `+`.
 fn acro(min_dots: usize) -> Pat {
     let dots = seq(vec![ch('.'), cls(is_alpha_ascii)]);
     alt(vec![
-        seq(vec![cls(is_alpha_ascii), Pat::Rep(Box::new(dots), min_dots, None)]),
-        seq(vec![lits(&["Canada", "Sino", "Korean", "EU", "Japan", "non"]), lit("-U.S")]),
+        seq(vec![
+            cls(is_alpha_ascii),
+            Pat::Rep(Box::new(dots), min_dots, None),
+        ]),
+        seq(vec![
+            lits(&["Canada", "Sino", "Korean", "EU", "Japan", "non"]),
+            lit("-U.S"),
+        ]),
         seq(vec![lit("U.S.-"), lits(&["U.K", "U.S.S.R"])]),
     ])
-}
-/// A word whose first letter is a case-sensitive class and the rest caseless (`[A]bout`).
-fn cap(first: char, rest: &'static str) -> Pat {
-    let f: fn(char) -> bool = match first {
-        'A' => |c| c == 'A',
-        'B' => |c| c == 'B',
-        'D' => |c| c == 'D',
-        'E' => |c| c == 'E',
-        'H' => |c| c == 'H',
-        'I' => |c| c == 'I',
-        'L' => |c| c == 'L',
-        'M' => |c| c == 'M',
-        'N' => |c| c == 'N',
-        'O' => |c| c == 'O',
-        'P' => |c| c == 'P',
-        'S' => |c| c == 'S',
-        'T' => |c| c == 'T',
-        'W' => |c| c == 'W',
-        'Y' => |c| c == 'Y',
-        _ => unreachable!("no such capital in the flex"),
-    };
-    if rest.is_empty() {
-        cls(f)
-    } else {
-        seq(vec![cls(f), lit(rest)])
-    }
 }
 fn abbrev1() -> Pat {
     let abstate = alt(vec![
         lits(&["Ala", "Ariz"]),
-        cap('A', "z"),
-        cap('A', "rk"),
+        cap("Az"),
+        cap("Ark"),
         lits(&["Calif", "Colo", "Conn", "Ct", "Dak"]),
-        cap('D', "el"),
+        cap("Del"),
         lits(&["Fla", "Ga"]),
-        cap('I', "ll"),
+        cap("Ill"),
         lits(&["Ind", "Kans", "Kan", "Ky"]),
-        cap('L', "a"),
-        cap('M', "ass"),
+        cap("La"),
+        cap("Mass"),
         lits(&["Md", "Mich", "Minn"]),
-        cap('M', "iss"),
+        cap("Miss"),
         lits(&["Mo", "Mont", "Neb", "Nev", "Okla"]),
-        cap('O', "re"),
-        cap('P', "a"),
+        cap("Ore"),
+        cap("Pa"),
         lits(&["Penn", "Tenn"]),
-        cap('T', "ex"),
+        cap("Tex"),
         lits(&["Va", "Vt"]),
-        cap('W', "ash"),
+        cap("Wash"),
         lits(&["Wisc", "Wis", "Wyo"]),
     ]);
     let names = alt(vec![
-        lits(&["Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec"]),
+        lits(&[
+            "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec",
+        ]),
         lits(&["Mon", "Tue", "Tues", "Wed", "Thu", "Thurs", "Fri"]),
         abstate,
         // ABCOMP = Inc|Cos?|Corp|Pp?t[ye]s?|Ltd|Plc|Rt|Bancorp|Bhd|Assn|Univ|Intl|Sys
-        lits(&["Inc", "Cos", "Co", "Corp", "Ltd", "Plc", "Rt", "Bancorp", "Bhd", "Assn", "Univ"]),
+        lits(&[
+            "Inc", "Cos", "Co", "Corp", "Ltd", "Plc", "Rt", "Bancorp", "Bhd", "Assn", "Univ",
+        ]),
         lits(&["Intl", "Sys"]),
-        seq(vec![lit("P"), opt(lit("p")), lit("t"), cls(|c| c == 'y' || c == 'e'), opt(lit("s"))]),
+        seq(vec![
+            lit("P"),
+            opt(lit("p")),
+            lit("t"),
+            cls(|c| c == 'y' || c == 'e'),
+            opt(lit("s")),
+        ]),
         lits(&["tel", "est", "ext", "sq"]),
         lits(&["Jr", "Sr", "Bros", "Ed.D", "Ph.D", "Blvd", "Rd", "Esq"]),
         lits(&["etc", "al", "seq", "Bldg"]),
@@ -464,13 +480,23 @@ fn abbrev4() -> Pat {
     alt(vec![
         // ABTITLE
         lits(&["Mr", "Mrs", "Ms"]),
-        cap('M', "iss"),
-        lits(&["Drs", "Dr", "Profs", "Prof", "Sens", "Sen", "Reps", "Rep", "Attys", "Atty", "Lt"]),
-        lits(&["Col", "Gen", "Messrs", "Govs", "Gov", "Adm", "Rev", "Maj", "Sgt", "Cpl", "Pvt"]),
-        lits(&["Capt", "Ste", "St", "Ave", "Pres", "Lieut", "Hon", "Brig", "Comdr", "Cmdr", "Pfc"]),
-        lits(&["Spc", "Supts", "Supt", "Det", "Mt", "Ft", "Adj", "Adv", "Asst", "Assoc", "Ens"]),
+        cap("Miss"),
+        lits(&[
+            "Drs", "Dr", "Profs", "Prof", "Sens", "Sen", "Reps", "Rep", "Attys", "Atty", "Lt",
+        ]),
+        lits(&[
+            "Col", "Gen", "Messrs", "Govs", "Gov", "Adm", "Rev", "Maj", "Sgt", "Cpl", "Pvt",
+        ]),
+        lits(&[
+            "Capt", "Ste", "St", "Ave", "Pres", "Lieut", "Hon", "Brig", "Comdr", "Cmdr", "Pfc",
+        ]),
+        lits(&[
+            "Spc", "Supts", "Supt", "Det", "Mt", "Ft", "Adj", "Adv", "Asst", "Assoc", "Ens",
+        ]),
         lits(&["Insp", "Mlle", "Mme", "Msgr", "Sfc"]),
-        lits(&["vs", "Alex", "Wm", "Jos", "Cie", "a.k.a", "cf", "TREAS", "Ph"]),
+        lits(&[
+            "vs", "Alex", "Wm", "Jos", "Cie", "a.k.a", "cf", "TREAS", "Ph",
+        ]),
         acro(0),
         // ABCOMP2
         lits(&["Invt", "Elec", "Natl", "Mfg", "Mtg", "Dept"]),
@@ -478,24 +504,68 @@ fn abbrev4() -> Pat {
 }
 fn abbrev3() -> Pat {
     seq(vec![
-        lits(&["ca", "figs", "fig", "prop", "nos", "no", "art", "bldg", "pp", "op"]),
+        lits(&[
+            "ca", "figs", "fig", "prop", "nos", "no", "art", "bldg", "pp", "op",
+        ]),
         ch('.'),
     ])
 }
 fn acronym_followers() -> Pat {
-    alt(vec![
-        cap('A', "bout"), cap('A', "ccording"), cap('A', "dditionally"), cap('A', "fter"),
-        cap('A', "n"), cap('A', ""), cap('A', "s"), cap('A', "t"), cap('B', "ut"),
-        cap('E', "arlier"), cap('H', "e"), cap('H', "er"), cap('H', "ere"), cap('H', "owever"),
-        cap('I', "f"), cap('I', "n"), cap('I', "t"), cap('L', "ast"), cap('M', "any"),
-        cap('M', "ore"), cap('M', "r."), cap('M', "s."), cap('N', "ow"), cap('O', "nce"),
-        cap('O', "ne"), cap('O', "ther"), cap('O', "ur"), cap('S', "he"), cap('S', "ince"),
-        cap('S', "o"), cap('S', "ome"), cap('S', "uch"), cap('T', "hat"), cap('T', "he"),
-        cap('T', "heir"), cap('T', "hen"), cap('T', "here"), cap('T', "hese"), cap('T', "hey"),
-        cap('T', "his"), cap('W', "e"), cap('W', "hen"), cap('W', "hile"), cap('W', "hat"),
-        cap('Y', "et"), cap('Y', "ou"), sgml(),
-    ])
+    const WORDS: [&str; 46] = [
+        "About",
+        "According",
+        "Additionally",
+        "After",
+        "An",
+        "A",
+        "As",
+        "At",
+        "But",
+        "Earlier",
+        "He",
+        "Her",
+        "Here",
+        "However",
+        "If",
+        "In",
+        "It",
+        "Last",
+        "Many",
+        "More",
+        "Mr.",
+        "Ms.",
+        "Now",
+        "Once",
+        "One",
+        "Other",
+        "Our",
+        "She",
+        "Since",
+        "So",
+        "Some",
+        "Such",
+        "That",
+        "The",
+        "Their",
+        "Then",
+        "There",
+        "These",
+        "They",
+        "This",
+        "We",
+        "When",
+        "While",
+        "What",
+        "Yet",
+        "You",
+    ];
+    alt(WORDS
+        .iter()
+        .map(|w| cap(w))
+        .chain(std::iter::once(sgml()))
+        .collect())
 }
+
 fn filename() -> Pat {
     let ld = || alt(vec![letter_big(), digit()]);
     seq(vec![
@@ -511,7 +581,7 @@ fn filename() -> Pat {
 }
 fn phone() -> Pat {
     let d = || cls(is_ascii_digit);
-    let sep = || cls(|c| matches!(c, '-' | ' ' | '\u{00A0}'));
+    let sep = || cls(|c| "- \u{00A0}".contains(c));
     let plusses = || opt(seq(vec![cls(|c| c == '+'), opt(cls(|c| c == '+'))]));
     alt(vec![
         seq(vec![
@@ -522,7 +592,12 @@ fn phone() -> Pat {
                     cls(|c| c == ')'),
                     opt(cls(|c| c == ' ' || c == '\u{00A0}')),
                 ]),
-                seq(vec![plusses(), opt(seq(vec![rep(d(), 2, 4), sep()])), rep(d(), 2, 4), sep()]),
+                seq(vec![
+                    plusses(),
+                    opt(seq(vec![rep(d(), 2, 4), sep()])),
+                    rep(d(), 2, 4),
+                    sep(),
+                ]),
             ]),
             rep(d(), 3, 4),
             opt(sep()),
@@ -544,8 +619,8 @@ fn dblquot() -> Pat {
 fn smiley() -> Pat {
     seq(vec![
         opt(cls(|c| c == '<' || c == '>')),
-        cls(|c| matches!(c, ':' | ';' | '=')),
-        opt(cls(|c| matches!(c, '-' | 'o' | '*' | '\''))),
+        cls(|c| ":;=".contains(c)),
+        opt(cls(|c| "-o*'".contains(c))),
         cls(|c| "()DPdpO\\{@|[]".contains(c)),
     ])
 }
@@ -565,7 +640,13 @@ fn asian_smiley() -> Pat {
         // [\^x=~<>]\.\[\^x=~<>] : the flex escapes the bracket, so it is literal text.
         seq(vec![cls(a), ch('.'), lit("[^x=~<>]")]),
         seq(vec![cls(b), cls(|c| c == '_'), cls(b)]),
-        seq(vec![one('('), cls(b), opt(cls(|c| c == '_' || c == '.')), cls(b), one(')')]),
+        seq(vec![
+            one('('),
+            cls(b),
+            opt(cls(|c| c == '_' || c == '.')),
+            cls(b),
+            one(')'),
+        ]),
         seq(vec![one('('), cls(d), ch('-'), cls(e), one(')')]),
     ])
 }
@@ -573,7 +654,9 @@ fn asian_smiley() -> Pat {
 fn hthing() -> Pat {
     seq(vec![
         cls(is_alnum_ascii),
-        star(cls(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ',' | '\u{00AD}'))),
+        star(cls(|c| {
+            c.is_ascii_alphanumeric() || ".,\u{00AD}".contains(c)
+        })),
         plus(seq(vec![
             ch('-'),
             alt(vec![
@@ -591,7 +674,7 @@ fn thing() -> Pat {
         prefix(),
         plus(ld()),
         star(seq(vec![
-            cls(|c| matches!(c, '-' | '_' | '\u{058A}' | '\u{2010}' | '\u{2011}')),
+            cls(|c| "-_\u{058A}\u{2010}\u{2011}".contains(c)),
             prefix(),
             plus(ld()),
         ])),
@@ -613,12 +696,7 @@ fn quotes() -> Pat {
         lit("''"),
         rep(
             cls(|c| {
-                matches!(
-                    c,
-                    '`' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{201C}' | '\u{201D}'
-                        | '\u{0091}' | '\u{0092}' | '\u{0093}' | '\u{0094}' | '\u{201E}' | '\u{201F}'
-                        | '\u{2039}' | '\u{203A}' | '\u{00AB}' | '\u{00BB}'
-                )
+                "`\u{2018}\u{2019}\u{201A}\u{201B}\u{201C}\u{201D}\u{0091}\u{0092}\u{0093}\u{0094}\u{201E}\u{201F}\u{2039}\u{203A}\u{00AB}\u{00BB}".contains(c)
             }),
             1,
             2,
@@ -626,6 +704,7 @@ fn quotes() -> Pat {
     ])
 }
 fn miscsymbol(c: char) -> bool {
+    #[rustfmt::skip]
     const R: &[(u32, u32)] = &[
         (0x00A6, 0x00A8), (0x00A9, 0x00A9), (0x00AC, 0x00AC), (0x00AE, 0x00AF), (0x00B0, 0x00BA),
         (0x00D7, 0x00D7), (0x00F7, 0x00F7), (0x0387, 0x0387), (0x05BE, 0x05BE), (0x05C0, 0x05C0),
@@ -638,20 +717,30 @@ fn miscsymbol(c: char) -> bool {
         (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF65),
     ];
     // \u00A7 and \u00A8 come from the literal `§¨` in the class; ¦ and ¯ likewise.
-    matches!(c, '+' | '%' | '&' | '~' | '^' | '|' | '\\') || in_ranges(c, R)
+    "+%&~^|\\".contains(c) || in_ranges(c, R)
 }
 /// SGML (the 3.4.1 definition, the last one in the file wins).
 fn sgml() -> Pat {
-    let name_ch = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-');
+    let name_ch = |c: char| c.is_ascii_alphanumeric() || "_:.-".contains(c);
     let name = || seq(vec![cls(is_alpha_ascii), star(cls(name_ch))]);
     let sp = || cls(|c| c == ' ');
     let attr_val = alt(vec![
         seq(vec![ch('\''), star(cls(|c| c != '\'')), ch('\'')]),
-        seq(vec![cls(|c| c == '"'), star(cls(|c| c != '"')), cls(|c| c == '"')]),
+        seq(vec![
+            cls(|c| c == '"'),
+            star(cls(|c| c != '"')),
+            cls(|c| c == '"'),
+        ]),
     ]);
     let attr = alt(vec![
         name(),
-        seq(vec![name(), star(sp()), cls(|c| c == '='), star(sp()), attr_val]),
+        seq(vec![
+            name(),
+            star(sp()),
+            cls(|c| c == '='),
+            star(sp()),
+            attr_val,
+        ]),
     ]);
     seq(vec![
         cls(|c| c == '<'),
@@ -659,7 +748,7 @@ fn sgml() -> Pat {
             seq(vec![
                 cls(|c| c == '!' || c == '?'),
                 cls(|c| c.is_ascii_alphabetic() || c == '-'),
-                star(cls(|c| !matches!(c, '>' | '\r' | '\n'))),
+                star(cls(|c| !">\r\n".contains(c))),
             ]),
             seq(vec![
                 name(),
@@ -684,12 +773,19 @@ pub(crate) fn rules() -> Vec<Rule> {
         r(lit("cannot"), Pushback(3)),
         r(lit("'twas"), Pushback(3)),
         r(lit("'tis"), Pushback(2)),
-        r(lits(&["gonna", "gotta", "lemme", "gimme", "wanna"]), Pushback(2)),
+        r(
+            lits(&["gonna", "gotta", "lemme", "gimme", "wanna"]),
+            Pushback(2),
+        ),
         r(sgml(), NbspSpaces),
         r(
             alt(vec![
-                seq(vec![ch('&'), lits(&["MD", "mdash", "ndash"]), cls(|c| c == ';')]),
-                cls(|c| matches!(c, '\u{0096}' | '\u{0097}' | '\u{2013}' | '\u{2014}' | '\u{2015}')),
+                seq(vec![
+                    ch('&'),
+                    lits(&["MD", "mdash", "ndash"]),
+                    cls(|c| c == ';'),
+                ]),
+                cls(|c| "\u{0096}\u{0097}\u{2013}\u{2014}\u{2015}".contains(c)),
             ]),
             Fixed("--"),
         ),
@@ -720,7 +816,15 @@ pub(crate) fn rules() -> Vec<Rule> {
         r(number(), TextNoShy),
         r(subsupnum(), Text),
         r(frac(), NbspSpaces),
-        r(cls(|c| matches!(c, '\u{00BC}' | '\u{00BD}' | '\u{00BE}' | '\u{2153}'..='\u{215E}')), Fraction),
+        r(
+            cls(|c| {
+                matches!(
+                    c,
+                    '\u{00BC}' | '\u{00BD}' | '\u{00BE}' | '\u{2153}'..='\u{215E}'
+                )
+            }),
+            Fraction,
+        ),
         r(tbspec(), Amp),
         r(thing3(), Text),
         r(dolsign(), Text),
@@ -732,21 +836,46 @@ pub(crate) fn rules() -> Vec<Rule> {
         ),
         rc(abbrev3(), seq(vec![opt(spacenl()), digit()]), Text),
         rc(
-            seq(vec![alt(vec![seq(vec![lit("pt"), cls(|c| "eyEY".contains(c))]), lit("co")]), ch('.')]),
+            seq(vec![
+                alt(vec![
+                    seq(vec![lit("pt"), cls(|c| "eyEY".contains(c))]),
+                    lit("co"),
+                ]),
+                ch('.'),
+            ]),
             seq(vec![cls(is_space), lits(&["ltd", "lim"])]),
             Text,
         ),
-        rc(abbrev1(), seq(vec![spacenl(), alt(vec![spacenl(), cls(char::is_uppercase), sgml()])]), AbbrevEnd),
+        rc(
+            abbrev1(),
+            seq(vec![
+                spacenl(),
+                alt(vec![spacenl(), cls(char::is_uppercase), sgml()]),
+            ]),
+            AbbrevEnd,
+        ),
         rc(abbrev1(), seq(vec![any(), any()]), Text),
         r(abbrev1(), AbbrevEnd),
         r(seq(vec![abbrev4(), ch('.')]), Text),
         rc(abbrev4(), cls(is_space), Text),
         rc(acro(0), spacenl(), Text),
-        rc(seq(vec![apos(), cls(is_ascii_digit), cls(is_ascii_digit)]), spacenl(), Text),
-        rc(filename(), alt(vec![spacenl(), cls(|c| matches!(c, '.' | '?' | '!' | ','))]), Text),
+        rc(
+            seq(vec![apos(), cls(is_ascii_digit), cls(is_ascii_digit)]),
+            spacenl(),
+            Text,
+        ),
+        rc(
+            filename(),
+            alt(vec![spacenl(), cls(|c| ".?!,".contains(c))]),
+            Text,
+        ),
         rc(seq(vec![word(), ch('.')]), cls(is_insentp), TextNoShy),
         r(phone(), Phone),
-        rc(dblquot(), cls(|c| c.is_ascii_alphanumeric() || c == '$'), Quotes(true)),
+        rc(
+            dblquot(),
+            cls(|c| c.is_ascii_alphanumeric() || c == '$'),
+            Quotes(true),
+        ),
         r(dblquot(), Quotes(false)),
         r(cls(|c| c == '\u{7f}'), Skip),
         r(alt(vec![cls(|c| c == '<'), lit("&lt;")]), Fixed("<")),
@@ -763,23 +892,42 @@ pub(crate) fn rules() -> Vec<Rule> {
         r(
             alt(vec![
                 rep(ch('.'), 3, 5),
-                seq(vec![rep(seq(vec![ch('.'), cls(|c| c == ' ' || c == '\u{00A0}')]), 2, 4), ch('.')]),
+                seq(vec![
+                    rep(
+                        seq(vec![ch('.'), cls(|c| c == ' ' || c == '\u{00A0}')]),
+                        2,
+                        4,
+                    ),
+                    ch('.'),
+                ]),
                 cls(|c| c == '\u{0085}' || c == '\u{2026}'),
             ]),
             Fixed("..."),
         ),
         r(
-            alt(vec![plus(cls(|c| c == '@')), plus(cls(|c| c == '#')), plus(cls(|c| c == '_'))]),
+            alt(vec![
+                plus(cls(|c| c == '@')),
+                plus(cls(|c| c == '#')),
+                plus(cls(|c| c == '_')),
+            ]),
             Text,
         ),
-        r(alt(vec![plus(cls(|c| c == '*')), rep(lit("\\*"), 1, 3)]), Text),
+        r(
+            alt(vec![plus(cls(|c| c == '*')), rep(lit("\\*"), 1, 3)]),
+            Text,
+        ),
         r(cls(is_insentp), Text),
         r(plus(cls(|c| c == '?' || c == '!')), Text),
         r(
             cls(|c| {
                 matches!(
                     c,
-                    '.' | '\u{00A1}' | '\u{00BF}' | '\u{037E}' | '\u{0589}' | '\u{061F}' | '\u{06D4}'
+                    '.' | '\u{00A1}'
+                        | '\u{00BF}'
+                        | '\u{037E}'
+                        | '\u{0589}'
+                        | '\u{061F}'
+                        | '\u{06D4}'
                         | '\u{0700}'..='\u{0702}' | '\u{07FA}' | '\u{3002}'
                 )
             }),
@@ -797,7 +945,7 @@ pub(crate) fn rules() -> Vec<Rule> {
             ch('\''),
             seq(vec![
                 cls(is_alpha_ascii),
-                cls(|c| !matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{00A0}')),
+                cls(|c| !" \t\n\r\u{00A0}".contains(c)),
             ]),
             Quotes(true),
         ),
@@ -810,7 +958,7 @@ pub(crate) fn rules() -> Vec<Rule> {
             alt(vec![
                 cls(|c| c == '\0'),
                 plus(cls(is_space)),
-                cls(|c| matches!(c, '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{FEFF}')),
+                cls(|c| "\u{200B}\u{200E}\u{200F}\u{FEFF}".contains(c)),
             ]),
             Skip,
         ),
@@ -822,5 +970,5 @@ pub(crate) fn rules() -> Vec<Rule> {
 }
 
 fn is_insentp(c: char) -> bool {
-    matches!(c, ',' | ';' | ':' | '\u{3001}')
+    ",;:\u{3001}".contains(c)
 }

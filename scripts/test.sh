@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Run the tests"; .ci/run calls it).
+# Installs what the tests need when missing (Debian: nginx, chromium; npm packages), builds the
+# release profile (candle is ~85x slower unoptimised) and runs every suite, bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== build"
+cargo build --release --workspace --bins
+
+echo "== cargo tests"
+cargo test --release --workspace
+
+if [ -x tests/browser/run.sh ]; then
+  echo "== browser test (headless chromium)"
+  tests/browser/run.sh
+fi
+
+if [ -x scripts/proxy-run.sh ]; then
+  echo "== proxy run (nginx + load tool, short form)"
+  SHORT=1 scripts/proxy-run.sh
+fi
+echo "== all tests passed"
