@@ -329,6 +329,145 @@ mod tests {
         assert!(!shape_ok(chat, 422, &flat));
     }
 
+    /// A one-shot HTTP server on loopback answering every connection with `response` (then
+    /// closing), or holding it open without answering when `response` is `None`.
+    async fn canned(response: Option<&'static [u8]>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = sock.read(&mut buf).await;
+                    match response {
+                        Some(r) => {
+                            let _ = sock.write_all(r).await;
+                            let _ = sock.shutdown().await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(5)).await,
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    fn req(kind: Kind, stream: Option<crate::sse::Protocol>) -> Request {
+        Request {
+            index: 0,
+            kind,
+            path: if stream.is_some() {
+                "/generate_stream"
+            } else {
+                "/generate"
+            },
+            body: bytes::Bytes::from_static(b"{}"),
+            stream,
+            disconnect: kind == Kind::Disconnect,
+            request_id: Some("rid-1".into()),
+        }
+    }
+
+    async fn run(response: Option<&'static [u8]>, r: Request, timeout_ms: u64) -> Record {
+        let url = canned(response).await;
+        let client = build_client(1);
+        execute(
+            &client,
+            &url,
+            &r,
+            Duration::from_millis(timeout_ms),
+            Instant::now(),
+            0.0,
+        )
+        .await
+    }
+
+    const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: rid-1\r\nconnection: close\r\n\r\n";
+    const TOKEN: &str =
+        "data: {\"index\":1,\"token\":{\"id\":5,\"text\":\"a\"},\"generated_text\":null}\n\n";
+    const FINAL: &str = "data: {\"index\":2,\"token\":{\"id\":6,\"text\":\"b\"},\"generated_text\":\"ab\",\"details\":{\"finish_reason\":\"length\"}}\n\n";
+
+    fn leak(s: String) -> &'static [u8] {
+        Box::leak(s.into_boxed_str()).as_bytes()
+    }
+
+    #[tokio::test]
+    async fn complete_stream_succeeds_with_ttft() {
+        let resp = leak(format!("{SSE_HEAD}{TOKEN}{FINAL}"));
+        let r = run(
+            Some(resp),
+            req(Kind::GenerateStream, Some(crate::sse::Protocol::Tgi)),
+            2000,
+        )
+        .await;
+        assert_eq!(r.class, Class::Success, "{r:?}");
+        assert_eq!(r.tokens, 2);
+        assert!(r.ttft.is_some());
+        assert_eq!(r.request_id, RequestId::Ok);
+    }
+
+    #[tokio::test]
+    async fn stream_without_final_event_is_lost() {
+        let resp = leak(format!("{SSE_HEAD}{TOKEN}"));
+        let r = run(
+            Some(resp),
+            req(Kind::GenerateStream, Some(crate::sse::Protocol::Tgi)),
+            2000,
+        )
+        .await;
+        assert_eq!(
+            r.class,
+            Class::Lost(crate::outcome::Lost::StreamWithoutFinalEvent)
+        );
+    }
+
+    #[tokio::test]
+    async fn hanging_up_mid_stream_is_a_disconnect() {
+        let resp = leak(format!("{SSE_HEAD}{TOKEN}{TOKEN}"));
+        let r = run(
+            Some(resp),
+            req(Kind::Disconnect, Some(crate::sse::Protocol::Tgi)),
+            2000,
+        )
+        .await;
+        assert_eq!(r.class, Class::Disconnected, "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_json_no_response_and_timeout_are_lost() {
+        use crate::outcome::Lost;
+        let bad = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\nx-request-id: rid-1\r\n\r\n{\"gen";
+        let r = run(Some(bad), req(Kind::Generate, None), 2000).await;
+        assert_eq!(r.class, Class::Lost(Lost::MalformedJson));
+        let r = run(Some(b""), req(Kind::Generate, None), 2000).await;
+        assert_eq!(r.class, Class::Lost(Lost::NoResponse), "{r:?}");
+        let r = run(None, req(Kind::Generate, None), 200).await;
+        assert_eq!(r.class, Class::Lost(Lost::Timeout));
+    }
+
+    #[tokio::test]
+    async fn shedding_needs_retry_after_and_request_id_is_checked() {
+        let body = r#"{"error":"queue full","error_type":"overloaded"}"#;
+        let head = "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json";
+        let shed = leak(format!(
+            "{head}\r\nretry-after: 1\r\nx-request-id: rid-1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let r = run(Some(shed), req(Kind::Generate, None), 2000).await;
+        assert_eq!(r.class, Class::Shed, "{r:?}");
+        let bare = leak(format!(
+            "{head}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let r = run(Some(bare), req(Kind::Generate, None), 2000).await;
+        assert_eq!(
+            r.class,
+            Class::Failure(crate::outcome::Failure::MissingRetryAfter)
+        );
+        assert_eq!(r.request_id, RequestId::Missing);
+    }
+
     #[test]
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("▁▁▁", 2), "▁▁");

@@ -216,13 +216,15 @@ pub fn svg(report: &Report, records: &[Record]) -> String {
         ("#2ca02c", "p50 per bucket"),
         ("#000", "p95 per bucket"),
     ];
-    for (i, (c, name)) in legend.iter().enumerate() {
-        let x = LEFT + 10.0 + i as f64 * 145.0;
+    let mut x = LEFT + 10.0;
+    for (c, name) in legend {
         let _ = writeln!(
             s,
             r##"<rect x="{x}" y="36" width="10" height="10" fill="{c}"/><text x="{:.1}" y="45">{name}</text>"##,
             x + 14.0
         );
+        // ~6.5 px per character at font-size 11, plus the swatch and a gap.
+        x += 34.0 + name.len() as f64 * 6.5;
     }
 
     // Panel 2: completions per bucket, stacked by outcome.

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use flamingo_model::engine::{Engine, Event, GenerationParams, SequenceRequest};
-use flamingo_model::{Flamingo, FlamingoConfig, LoadOptions, ModelPaths};
+use flamingo_model::tokenizer::FlamingoTokenizer;
+use flamingo_model::{preprocess, Flamingo, FlamingoConfig, LoadOptions, ModelPaths};
 
 fn medium() -> FlamingoConfig {
     let mut cfg = FlamingoConfig::openflamingo_9b();
@@ -40,8 +41,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One request end to end as the reference's `generate` does it: decode + preprocess the images,
+/// tokenize, encode images, prefill, greedy decode up to `max_new` tokens (stop on <|endofchunk|>).
+fn one_request(model: &Arc<Flamingo>, tok: &FlamingoTokenizer, prompt: &str, images: &[Vec<u8>], max_new: usize) -> BoxResult<Vec<u32>> {
+    let pixels: Vec<Vec<f32>> = images
+        .iter()
+        .map(|b| preprocess::preprocess(b, &preprocess::ImageLimits::default()))
+        .collect::<Result<_, _>>()?;
+    let mut engine = Engine::new(model.clone());
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let latents = engine.encode_images(&refs)?;
+    let params = GenerationParams { max_new_tokens: max_new, stop_tokens: vec![tok.end_of_chunk_id], ..Default::default() };
+    engine.add(SequenceRequest { tokens: tok.encode(prompt)?, images: Some(Tensor::stack(&latents, 0)?), params })?;
+    let mut out = Vec::new();
+    while !engine.is_empty() {
+        for e in engine.step()? {
+            if let Event::Token { token, .. } = e {
+                out.push(token.id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Same prompts as scripts/bench_reference.py, for a side-by-side comparison.
+fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResult<()> {
+    let paths = ModelPaths::from_dir(dir)?;
+    let model = Arc::new(Flamingo::load(&paths, &LoadOptions::default())?);
+    let tok = FlamingoTokenizer::from_file(&paths.tokenizer)?;
+    let img = |n: &str| std::fs::read(dir.join("images").join(format!("{n}.png")));
+    let cases = [
+        ("caption_1img", "<image>Output:", vec![img("gradient")?]),
+        (
+            "two_shot_3img",
+            "<image>Output:A red and green gradient.<|endofchunk|><image>Output:A checker board.<|endofchunk|><image>Output:",
+            vec![img("gradient")?, img("checker")?, img("stripes")?],
+        ),
+    ];
+    for (name, prompt, images) in &cases {
+        one_request(&model, &tok, prompt, images, 20)?;
+        let mut times = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..repeats {
+            let t = Instant::now();
+            tokens = one_request(&model, &tok, prompt, images, 20)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let min = times.iter().copied().fold(f64::MAX, f64::min);
+        println!("ours {name}: median {:.0} ms over {repeats} (min {:.0}), {} new tokens: {tokens:?}", median(times) * 1e3, min * 1e3, tokens.len());
+    }
+    // Throughput with `batch` concurrent caption requests in one continuous batch.
+    let (_, prompt, images) = &cases[0];
+    let t = Instant::now();
+    let pixels = preprocess::preprocess(&images[0], &preprocess::ImageLimits::default())?;
+    let mut engine = Engine::new(model.clone());
+    let params = GenerationParams { max_new_tokens: 20, stop_tokens: vec![tok.end_of_chunk_id], ..Default::default() };
+    for _ in 0..batch {
+        // Each request encodes its own image, as separate clients would without the server's cache.
+        let latents = engine.encode_images(&[&pixels])?;
+        engine.add(SequenceRequest { tokens: tok.encode(prompt)?, images: Some(Tensor::stack(&latents, 0)?), params: params.clone() })?;
+    }
+    let mut n = 0;
+    while !engine.is_empty() {
+        n += engine.step()?.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!("ours batched: {batch} concurrent, {n} tokens in {dt:.2} s = {:.1} tokens/s", n as f64 / dt);
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("requests") {
+        let dir = args.get(1).ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
+        let repeats = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
+        let batch = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(16);
+        return requests_mode(std::path::Path::new(dir), repeats, batch);
+    }
     let which = args.first().map(String::as_str).unwrap_or("fixture");
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let dtype = match flag("--dtype").as_deref() {

@@ -3,6 +3,7 @@
 //! them, splits the output into lines again and drops punctuation tokens. The Java lexer is
 //! re-implemented from its JFlex rules (`rules.rs`) so no JVM is needed.
 
+mod defs;
 mod pattern;
 mod rules;
 

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Proxy run: flamingo-server behind nginx (configured from docker/nginx.conf) on loopback, driven
+# by flamingo-loadtest. Fails unless
+#   1. no request is lost (no response / reset / timeout / malformed JSON / malformed SSE /
+#      stream without its final event) and every answer is a success or a documented error
+#      status (400/401/413/422/429/503/504) of the documented shape;
+#   2. overload (an open-loop rate >= 2x what the server sustains, against a second server with a
+#      tiny queue) is answered with 429/503 + Retry-After, not timeouts;
+#   3. the server's RSS after the run is <= 1.1x its RSS after warm-up;
+#   4. tokens stream through nginx unbuffered: median time to first token via nginx minus direct
+#      is < 5 ms at low load.
+#
+#   scripts/proxy-run.sh                 # long soak (12,000 requests at concurrency 16)
+#   SHORT=1 scripts/proxy-run.sh         # CI form (2,000 requests, about 1-2 minutes)
+#
+# Environment (all optional):
+#   SHORT=1               CI form
+#   REQUESTS, CONCURRENCY main run size (default 2000/16 short, 12000/16 soak)
+#   SERVER_BIN            default target/release/flamingo-server (built if missing)
+#   LOADTEST_BIN          default target/release/flamingo-loadtest (built if missing)
+#   SERVER_ARGS           extra flags for the server (default: none = tiny fixture model)
+#   OVERLOAD_SERVER_ARGS  flags giving the overload server a tiny queue
+#   OUT_DIR               reports, plots and logs (default target/proxy-run/<short|soak>)
+#   KEEP_WORK=1           keep the temporary nginx prefix/logs
+# Loopback only, bounded in requests and time; all processes it starts are stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHORT=${SHORT:-0}
+if [[ $SHORT == 1 ]]; then
+  MODE=short
+  REQUESTS=${REQUESTS:-2000}
+  OVERLOAD_SECONDS=${OVERLOAD_SECONDS:-8}
+  DEADLINE=${DEADLINE:-180}
+else
+  MODE=soak
+  REQUESTS=${REQUESTS:-12000}
+  OVERLOAD_SECONDS=${OVERLOAD_SECONDS:-30}
+  DEADLINE=${DEADLINE:-1800}
+fi
+CONCURRENCY=${CONCURRENCY:-16}
+WARMUP=${WARMUP:-300}
+TTFT_STREAMS=${TTFT_STREAMS:-20}
+SERVER_BIN=${SERVER_BIN:-target/release/flamingo-server}
+LOADTEST_BIN=${LOADTEST_BIN:-target/release/flamingo-loadtest}
+SERVER_ARGS=${SERVER_ARGS:-}
+OVERLOAD_SERVER_ARGS=${OVERLOAD_SERVER_ARGS:---max-queue 2}
+OUT_DIR=${OUT_DIR:-target/proxy-run/$MODE}
+START_TIME=$SECONDS
+
+log() { printf '== [%4ds] %s\n' $((SECONDS - START_TIME)) "$*"; }
+die() { printf 'proxy-run: %s\n' "$*" >&2; exit 1; }
+
+# --- processes we start, stopped on exit ------------------------------------------------------
+PIDS=()
+WORK=$(mktemp -d /tmp/flamingo-proxy-run.XXXXXX)
+# nginx workers run as `nobody` when the master is root: they must reach the temp dirs in here.
+chmod 755 "$WORK"
+cleanup() {
+  local rc=$?
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP_WORK:-0} == 1 || $rc != 0 ]]; then
+    # Keep what explains a failure next to the reports.
+    { mkdir -p "$OUT_DIR/logs" && cp -r "$WORK"/. "$OUT_DIR/logs/"; } 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- prerequisites ----------------------------------------------------------------------------
+NGINX=$(command -v nginx || true)
+[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+if [[ -z $NGINX ]]; then
+  log "installing nginx (apt)"
+  [[ $(id -u) == 0 ]] || die "nginx is missing and we are not root: apt-get install nginx-light"
+  # Debian's postinst would start the packaged nginx on port 80: forbid service starts for the
+  # duration of the install (policy-rc.d exit 101), unless a policy already exists.
+  own_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  [[ $own_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  [[ -x $NGINX ]] || die "nginx install failed"
+fi
+command -v curl >/dev/null || die "curl is required"
+command -v python3 >/dev/null || die "python3 is required (scripts/proxy_run_check.py)"
+
+if [[ ! -x $SERVER_BIN || ! -x $LOADTEST_BIN ]]; then
+  log "building flamingo-server and flamingo-loadtest (release)"
+  cargo build --release -p flamingo-server -p flamingo-loadtest
+fi
+mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR"/*.json "$OUT_DIR"/*.svg
+
+# --- helpers ----------------------------------------------------------------------------------
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    port_in_use "$p" || { echo "$p"; return; }
+  done
+  die "no free port found"
+}
+
+# start_server NAME PORT ARGS...: background server, waits until it is ready; pid in LAST_PID.
+start_server() {
+  local name=$1 port=$2; shift 2
+  "$SERVER_BIN" --host 127.0.0.1 --port "$port" "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  LAST_PID=$pid
+  for _ in $(seq 600); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$port/ready" 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; die "$name exited during startup"; }
+    sleep 0.1
+  done
+  tail -20 "$WORK/$name.log" >&2
+  die "$name not ready after 60 s"
+}
+
+# start_nginx NAME LISTEN_PORT UPSTREAM_PORT: nginx from docker/nginx.conf, loopback variant.
+start_nginx() {
+  local name=$1 listen=$2 upstream=$3 prefix="$WORK/$1"
+  mkdir -p "$prefix"
+  sed -e "/# loopback: listen/ s|listen [^;]*;|listen 127.0.0.1:$listen;|" \
+      -e "/# loopback: upstream/ s|server [^;]*;|server 127.0.0.1:$upstream;|" \
+      -e "/# loopback: \(pid\|temp\)/ s|/tmp/|$prefix/|" \
+      -e "/# loopback: error_log/ s|/dev/stderr|$prefix/error.log|" \
+      -e "/# loopback: access_log/ s|/dev/stdout|$prefix/access.log|" \
+      docker/nginx.conf >"$prefix/nginx.conf"
+  # Every tagged line must have been rewritten: nothing may point at compose names, the
+  # container's /tmp or the container's stdio.
+  local tagged rewritten
+  tagged=$(grep -c ';[[:space:]]*# loopback:' docker/nginx.conf)
+  rewritten=$(grep ';[[:space:]]*# loopback:' "$prefix/nginx.conf" | grep -c -e "127.0.0.1:" -e "$prefix/")
+  [[ $tagged == "$rewritten" ]] || die "nginx.conf: $rewritten of $tagged '# loopback:' lines rewritten"
+  "$NGINX" -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" \
+    || die "nginx -t failed for $prefix/nginx.conf"
+  "$NGINX" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' &
+  PIDS+=("$!")
+  for _ in $(seq 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$listen/health" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$prefix/error.log" >&2 || true
+  die "nginx $name not answering on $listen"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# loadtest NAME ARGS...: one load-tool run, report in $OUT_DIR/NAME.json (+ .svg). The pass/fail
+# decision is made by proxy_run_check.py from all reports, so a failing run does not stop here.
+loadtest() {
+  local name=$1; shift
+  local rc=0
+  "$LOADTEST_BIN" --no-progress --images-dir tests/fixtures/tiny-openflamingo/images \
+    --label "$name" --out "$OUT_DIR/$name.json" --plot "$OUT_DIR/$name.svg" "$@" \
+    >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
+  if [[ $rc -ge 2 ]]; then cat "$OUT_DIR/$name.txt" >&2; die "load tool error in $name"; fi
+  sed -n '1,3p' "$OUT_DIR/$name.txt" | sed 's/^/   /'
+}
+
+budget() {
+  (( SECONDS - START_TIME < DEADLINE )) || die "over the ${DEADLINE}s budget before: $1"
+}
+
+# --- the run ----------------------------------------------------------------------------------
+S_PORT=$(free_port); N_PORT=$(free_port)
+log "mode $MODE: server :$S_PORT, nginx :$N_PORT, $REQUESTS requests at concurrency $CONCURRENCY"
+# shellcheck disable=SC2086  # SERVER_ARGS is a list of flags
+start_server server "$S_PORT" $SERVER_ARGS
+SERVER_PID=$LAST_PID
+start_nginx nginx "$N_PORT" "$S_PORT"
+DIRECT=http://127.0.0.1:$S_PORT
+PROXY=http://127.0.0.1:$N_PORT
+
+log "warm-up: $WARMUP requests via nginx"
+loadtest warmup --url "$PROXY" -n "$WARMUP" -c "$CONCURRENCY" --seed 11
+RSS_WARM=$(rss_kb "$SERVER_PID")
+
+budget "ttft"
+log "time to first token: $TTFT_STREAMS sequential streams, direct then via nginx (twice)"
+TTFT_ARGS=(-c 1 -n "$TTFT_STREAMS" --mix generate_stream=1 --min-tokens 32 --max-tokens 32 --seed 5)
+loadtest ttft-direct-1 --url "$DIRECT" "${TTFT_ARGS[@]}"
+loadtest ttft-nginx-1 --url "$PROXY" "${TTFT_ARGS[@]}"
+loadtest ttft-direct-2 --url "$DIRECT" "${TTFT_ARGS[@]}"
+loadtest ttft-nginx-2 --url "$PROXY" "${TTFT_ARGS[@]}"
+
+budget "main run"
+log "main run: $REQUESTS requests, mixed workload, via nginx"
+loadtest main --url "$PROXY" -n "$REQUESTS" -c "$CONCURRENCY" --timeout 120 --seed 1
+RSS_AFTER=$(rss_kb "$SERVER_PID")
+
+budget "overload"
+SUSTAINED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["throughput"]["requests_per_s"])' "$OUT_DIR/main.json")
+RATE=$(python3 -c 'import sys; print(max(50.0, round(3 * float(sys.argv[1]), 1)))' "$SUSTAINED")
+O_PORT=$(free_port); ON_PORT=$(free_port)
+log "overload: second server ($OVERLOAD_SERVER_ARGS) at $RATE req/s open loop (3x the sustained $SUSTAINED req/s) for ${OVERLOAD_SECONDS}s via nginx"
+# shellcheck disable=SC2086
+start_server overload "$O_PORT" $SERVER_ARGS $OVERLOAD_SERVER_ARGS
+start_nginx nginx-overload "$ON_PORT" "$O_PORT"
+loadtest overload --url "http://127.0.0.1:$ON_PORT" --rate "$RATE" --duration "$OVERLOAD_SECONDS" \
+  --timeout 60 --mix generate=3,generate_stream=3,chat=1,chat_stream=1,fewshot=1 --seed 3
+
+# Server logs: a panic is a failure whatever the statuses said.
+PANICS=$(cat "$WORK"/server.log "$WORK"/overload.log | grep -c -i 'panicked' || true)
+cp "$WORK"/server.log "$WORK"/overload.log "$OUT_DIR/" 2>/dev/null || true
+
+log "checks"
+python3 scripts/proxy_run_check.py --dir "$OUT_DIR" --mode "$MODE" \
+  --rss-warm-kb "$RSS_WARM" --rss-after-kb "$RSS_AFTER" --panics "$PANICS" \
+  --elapsed $((SECONDS - START_TIME)) --deadline "$DEADLINE"
