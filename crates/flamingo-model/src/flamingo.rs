@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, RmsNorm};
-
-use crate::linear::Linear;
+use candle_nn::{Embedding, Linear, RmsNorm};
 
 use crate::config::{FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig};
 use crate::error::{LoadError, ModelError, Result};

@@ -4,7 +4,6 @@ pub mod config;
 pub mod error;
 pub mod flamingo;
 pub mod kv_cache;
-pub mod linear;
 pub mod llama;
 pub mod media;
 pub mod nn;

@@ -3,12 +3,11 @@
 //! own KV cache, so sequences of any length mix in one step with no padding.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{RmsNorm, VarBuilder};
+use candle_nn::{Linear, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
-use crate::linear::{linear_no_bias, Linear};
-use crate::nn::{attention, merge_heads, split_heads};
+use crate::nn::{attention, linear_no_bias, merge_heads, split_heads};
 
 /// Where a sequence's tokens sit in the packed batch and in its own history.
 pub struct AttnRows<'a> {

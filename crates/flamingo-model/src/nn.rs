@@ -58,16 +58,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
 /// the resampler and the xattn blocks; no biases on the linears.
 pub struct FeedForward {
     norm: LayerNorm,
-    up: crate::linear::Linear,
-    down: crate::linear::Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl FeedForward {
     pub fn new(dim: usize, mult: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: layer_norm(dim, 1e-5, vb.pp("0"))?,
-            up: crate::linear::linear_no_bias(dim, dim * mult, vb.pp("1"))?,
-            down: crate::linear::linear_no_bias(dim * mult, dim, vb.pp("3"))?,
+            up: linear_no_bias(dim, dim * mult, vb.pp("1"))?,
+            down: linear_no_bias(dim * mult, dim, vb.pp("3"))?,
         })
     }
 }
