@@ -114,6 +114,27 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("linear") {
+        let dev = Device::Cpu;
+        for (n, k) in [(32003usize, 512usize), (1376, 512), (512, 1376), (4096, 4096)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            for m in [1usize, 4, 16] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+                let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> BoxResult<f64> {
+                    f()?;
+                    let t = Instant::now();
+                    for _ in 0..20 {
+                        f()?;
+                    }
+                    Ok(t.elapsed().as_secs_f64() / 20.0 * 1e3)
+                };
+                let a = time(&|| x.matmul(&w.t()?))?;
+                let b = time(&|| w.matmul(&x.t()?)?.t()?.contiguous())?;
+                println!("n={n} k={k} m={m}: x@W^T {a:.3} ms, (W@x^T)^T {b:.3} ms");
+            }
+        }
+        return Ok(());
+    }
     if args.first().map(String::as_str) == Some("requests") {
         let dir = args.get(1).ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
         let repeats = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
