@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm};
+use candle_nn::{Embedding, RmsNorm};
+
+use crate::quant::{Proj, Quantization};
 
 use crate::config::{FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig};
 use crate::error::{LoadError, ModelError, Result};
@@ -45,7 +47,7 @@ pub struct Flamingo {
     embed_tokens: Embedding,
     layers: Vec<FlamingoLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rotary: Rotary,
     cfg: FlamingoConfig,
     dtype: DType,
@@ -106,6 +108,11 @@ pub struct Trace {
 
 impl Flamingo {
     pub fn load(paths: &ModelPaths, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with(paths, opts, None)
+    }
+
+    /// Like [`Flamingo::load`], quantizing the LLaMA projections, xattn feed-forwards and lm_head.
+    pub fn load_with(paths: &ModelPaths, opts: &LoadOptions, quant: Option<Quantization>) -> Result<Self> {
         let cfg = resolve_config(paths, opts)?;
         let llama = Arc::new(TensorStore::open_hf_dir(&paths.llama_dir)?);
         let checkpoint = Arc::new(TensorStore::open(std::slice::from_ref(&paths.checkpoint))?);
@@ -127,7 +134,7 @@ impl Flamingo {
         let build = || -> candle_core::Result<Self> {
             let vision_vb = vb(&Arc::new(vision_store), vision_layout);
             let vision_vb = if vision_prefix.is_empty() { vision_vb } else { vision_vb.pp(vision_prefix) };
-            Self::assemble(&cfg, vision_vb, vb(&llama, KeyLayout::Identity), vb(&checkpoint, KeyLayout::FlamingoCheckpoint), opts)
+            Self::assemble(&cfg, vision_vb, vb(&llama, KeyLayout::Identity), vb(&checkpoint, KeyLayout::FlamingoCheckpoint), opts, quant)
         };
         build().map_err(|e| {
             let typed = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -136,13 +143,13 @@ impl Flamingo {
     }
 
     /// Random weights in the given shape (benchmarks of configurations we have no files for).
-    pub fn random(cfg: &FlamingoConfig, opts: &LoadOptions) -> Result<Self> {
+    pub fn random(cfg: &FlamingoConfig, opts: &LoadOptions, quant: Option<Quantization>) -> Result<Self> {
         let vb = candle_nn::VarBuilder::from_backend(
             Box::new(crate::weights::RandomWeights::default()),
             opts.dtype,
             opts.device.clone(),
         );
-        Ok(Self::assemble(cfg, vb.pp("visual"), vb.clone(), vb, opts)?)
+        Ok(Self::assemble(cfg, vb.pp("visual"), vb.clone(), vb, opts, quant)?)
     }
 
     fn assemble(
@@ -151,6 +158,7 @@ impl Flamingo {
         llama_vb: candle_nn::VarBuilder,
         ckpt_vb: candle_nn::VarBuilder,
         opts: &LoadOptions,
+        quant: Option<Quantization>,
     ) -> candle_core::Result<Self> {
         let l = &cfg.llama;
         let (h, vocab) = (l.hidden_size, cfg.vocab_size());
@@ -161,10 +169,10 @@ impl Flamingo {
                     .has_xattn(i)
                     .then(|| {
                         let vb = ckpt_vb.pp(format!("lang_encoder.model.layers.{i}.gated_cross_attn_layer"));
-                        GatedCrossAttention::new(h, vis_dim, cfg.resampler.num_latents, &cfg.xattn, vb)
+                        GatedCrossAttention::new(h, vis_dim, cfg.resampler.num_latents, &cfg.xattn, vb, quant)
                     })
                     .transpose()?;
-                Ok(FlamingoLayer { xattn, decoder: DecoderLayer::new(l, llama_vb.pp(format!("model.layers.{i}")))? })
+                Ok(FlamingoLayer { xattn, decoder: DecoderLayer::new(l, llama_vb.pp(format!("model.layers.{i}")), quant)? })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         // The three added tokens have no trained lm_head rows (spec §5); zeros, as the fixtures.
@@ -176,7 +184,7 @@ impl Flamingo {
             embed_tokens: Embedding::new(ckpt_vb.get((vocab, h), EMBED_KEY)?, h),
             layers,
             norm: candle_nn::rms_norm(h, l.rms_norm_eps, llama_vb.pp("model.norm"))?,
-            lm_head: Linear::new(Tensor::cat(&[&head, &extra], 0)?, None),
+            lm_head: Proj::from_weight(Tensor::cat(&[&head, &extra], 0)?, quant)?,
             rotary: Rotary::new(l, l.max_position_embeddings, opts.dtype, &opts.device)?,
             cfg: cfg.clone(),
             dtype: opts.dtype,

@@ -13,6 +13,7 @@ pub mod beam;
 pub mod engine;
 pub mod sampling;
 pub mod preprocess;
+pub mod quant;
 pub mod vision;
 pub mod weights;
 pub mod tokenizer;

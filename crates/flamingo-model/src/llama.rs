@@ -3,11 +3,12 @@
 //! own KV cache, so sequences of any length mix in one step with no padding.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
-use crate::nn::{attention, linear_no_bias, merge_heads, split_heads};
+use crate::nn::{attention, merge_heads, split_heads};
+use crate::quant::{Proj, Quantization};
 
 /// Where a sequence's tokens sit in the packed batch and in its own history.
 pub struct AttnRows<'a> {
@@ -59,24 +60,24 @@ impl Rotary {
 }
 
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl SelfAttention {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder, quant: Option<Quantization>) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.kv_heads() * hd;
         Ok(Self {
-            q_proj: linear_no_bias(h, cfg.num_attention_heads * hd, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(h, kv, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(h, kv, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(cfg.num_attention_heads * hd, h, vb.pp("o_proj"))?,
+            q_proj: Proj::new(h, cfg.num_attention_heads * hd, vb.pp("q_proj"), quant)?,
+            k_proj: Proj::new(h, kv, vb.pp("k_proj"), quant)?,
+            v_proj: Proj::new(h, kv, vb.pp("v_proj"), quant)?,
+            o_proj: Proj::new(cfg.num_attention_heads * hd, h, vb.pp("o_proj"), quant)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: hd,
@@ -126,9 +127,9 @@ fn causal_mask(n: usize, total: usize, device: &Device) -> Result<Option<Tensor>
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Module for Mlp {
@@ -147,21 +148,21 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// `vb` points at `model.layers.N`.
-    pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &LlamaConfig, vb: VarBuilder, quant: Option<Quantization>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let mlp = vb.pp("mlp");
         Ok(Self {
             input_layernorm: candle_nn::rms_norm(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), quant)?,
             post_attention_layernorm: candle_nn::rms_norm(
                 h,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
             mlp: Mlp {
-                gate_proj: linear_no_bias(h, i, mlp.pp("gate_proj"))?,
-                up_proj: linear_no_bias(h, i, mlp.pp("up_proj"))?,
-                down_proj: linear_no_bias(i, h, mlp.pp("down_proj"))?,
+                gate_proj: Proj::new(h, i, mlp.pp("gate_proj"), quant)?,
+                up_proj: Proj::new(h, i, mlp.pp("up_proj"), quant)?,
+                down_proj: Proj::new(i, h, mlp.pp("down_proj"), quant)?,
             },
         })
     }

@@ -58,16 +58,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
 /// the resampler and the xattn blocks; no biases on the linears.
 pub struct FeedForward {
     norm: LayerNorm,
-    up: Linear,
-    down: Linear,
+    up: crate::quant::Proj,
+    down: crate::quant::Proj,
 }
 
 impl FeedForward {
-    pub fn new(dim: usize, mult: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, mult: usize, vb: VarBuilder, quant: Option<crate::quant::Quantization>) -> Result<Self> {
+        use crate::quant::Proj;
         Ok(Self {
             norm: layer_norm(dim, 1e-5, vb.pp("0"))?,
-            up: linear_no_bias(dim, dim * mult, vb.pp("1"))?,
-            down: linear_no_bias(dim * mult, dim, vb.pp("3"))?,
+            up: Proj::new(dim, dim * mult, vb.pp("1"), quant)?,
+            down: Proj::new(dim * mult, dim, vb.pp("3"), quant)?,
         })
     }
 }

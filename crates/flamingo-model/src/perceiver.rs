@@ -59,7 +59,7 @@ impl PerceiverResampler {
                 let layer = vb.pp("layers").pp(i);
                 Ok((
                     PerceiverAttention::new(dim, cfg, layer.pp("0"))?,
-                    FeedForward::new(dim, cfg.ff_mult, layer.pp("1"))?,
+                    FeedForward::new(dim, cfg.ff_mult, layer.pp("1"), None)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -38,7 +38,14 @@ pub struct GatedCrossAttention {
 
 impl GatedCrossAttention {
     /// `vb` points at `lang_encoder.model.layers.X.gated_cross_attn_layer`.
-    pub fn new(dim: usize, dim_visual: usize, num_latents: usize, cfg: &XattnConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        dim_visual: usize,
+        num_latents: usize,
+        cfg: &XattnConfig,
+        vb: VarBuilder,
+        quant: Option<crate::quant::Quantization>,
+    ) -> Result<Self> {
         let inner = cfg.heads * cfg.dim_head;
         let attn = vb.pp("attn");
         Ok(Self {
@@ -47,7 +54,7 @@ impl GatedCrossAttention {
             to_kv: linear_no_bias(dim_visual, 2 * inner, attn.pp("to_kv"))?,
             to_out: linear_no_bias(inner, dim, attn.pp("to_out"))?,
             attn_gate: vb.get(1, "attn_gate")?.tanh()?,
-            ff: FeedForward::new(dim, cfg.ff_mult, vb.pp("ff"))?,
+            ff: FeedForward::new(dim, cfg.ff_mult, vb.pp("ff"), quant)?,
             ff_gate: vb.get(1, "ff_gate")?.tanh()?,
             heads: cfg.heads,
             dim_head: cfg.dim_head,

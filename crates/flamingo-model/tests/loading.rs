@@ -162,3 +162,18 @@ fn half_precision_logits_stay_close() {
         assert!(diff < bound, "{dtype:?} logits differ by {diff}");
     }
 }
+
+/// Quantized projections run and stay near f32; the error is printed for the record.
+#[test]
+fn quantized_logits_stay_close() {
+    use flamingo_model::quant::Quantization;
+    let reference = caption_logits(&reference_model());
+    let paths = ModelPaths::from_dir(&fixture_dir()).unwrap();
+    for (q, bound) in [(Quantization::Q8_0, 0.1), (Quantization::Q4K, 0.5)] {
+        let model = Flamingo::load_with(&paths, &LoadOptions::default(), Some(q)).unwrap();
+        let diff = max_abs_diff(&caption_logits(&model), &reference);
+        println!("{q:?}: max |logit - f32 logit| = {diff}");
+        assert!(diff < bound, "{q:?} logits differ by {diff}");
+        assert!(diff > 0.0, "{q:?} must actually quantize something");
+    }
+}

@@ -3,7 +3,7 @@
 //! OpenFlamingo-9B shape (random weights; optionally fewer LLaMA layers so it fits in RAM).
 //!
 //! cargo run --release -p flamingo-model --bin bench_model -- [fixture|medium|9b|dir:PATH]
-//!     [--dtype f32|f16|bf16] [--device cpu|cuda] [--batches 1,4,16] [--llama-layers N]
+//!     [--dtype f32|f16|bf16] [--device cpu|cuda] [--batches 1,4,16] [--llama-layers N] [--quant q8_0|q4k]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,18 +156,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|b| b.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 16]);
     let opts = LoadOptions { dtype, device: device.clone(), media_rule: None };
+    let quant = match flag("--quant").as_deref() {
+        Some("q8_0") => Some(flamingo_model::quant::Quantization::Q8_0),
+        Some("q4k") => Some(flamingo_model::quant::Quantization::Q4K),
+        _ => None,
+    };
     let started = Instant::now();
     let model = match which {
-        "fixture" => Flamingo::load(&ModelPaths::from_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-openflamingo")))?, &opts)?,
-        "medium" => Flamingo::random(&medium(), &opts)?,
+        "fixture" => Flamingo::load_with(&ModelPaths::from_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-openflamingo")))?, &opts, quant)?,
+        "medium" => Flamingo::random(&medium(), &opts, quant)?,
         "9b" => {
             let mut cfg = FlamingoConfig::openflamingo_9b();
             if let Some(n) = flag("--llama-layers") {
                 cfg.llama.num_hidden_layers = n.parse()?;
             }
-            Flamingo::random(&cfg, &opts)?
+            Flamingo::random(&cfg, &opts, quant)?
         }
-        dir => Flamingo::load(&ModelPaths::from_dir(std::path::Path::new(dir.trim_start_matches("dir:")))?, &opts)?,
+        dir => Flamingo::load_with(&ModelPaths::from_dir(std::path::Path::new(dir.trim_start_matches("dir:")))?, &opts, quant)?,
     };
     let cfg = model.config().clone();
     println!(
