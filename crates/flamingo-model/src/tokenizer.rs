@@ -88,27 +88,27 @@ impl FlamingoTokenizer {
             })
             .unzip()
     }
-
-    pub fn incremental(&self) -> IncrementalDecoder<'_> {
-        IncrementalDecoder { tokenizer: self, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
-    }
 }
 
 /// Turns a token stream into text pieces without splitting multi-byte characters or losing the
 /// leading-space rules of SentencePiece (decode a window, emit what it added).
-pub struct IncrementalDecoder<'a> {
-    tokenizer: &'a FlamingoTokenizer,
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
     ids: Vec<u32>,
     prefix_offset: usize,
     read_offset: usize,
 }
 
-impl IncrementalDecoder<'_> {
+impl IncrementalDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Text newly completed by `id` (possibly empty while a character is incomplete).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tok: &FlamingoTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
-        let full = self.tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
         if full.len() > prefix.len() && !full.ends_with('\u{fffd}') && full.starts_with(&prefix) {
             let text = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
@@ -119,10 +119,10 @@ impl IncrementalDecoder<'_> {
         }
     }
 
-    /// Whatever is still pending at the end (e.g. an invalid byte sequence).
-    pub fn finish(&mut self) -> Result<String> {
-        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
-        let full = self.tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+    /// Whatever is still pending at the end (e.g. an incomplete byte sequence).
+    pub fn finish(&mut self, tok: &FlamingoTokenizer) -> Result<String> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.strip_prefix(prefix.as_str()).unwrap_or("").to_string())

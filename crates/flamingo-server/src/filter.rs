@@ -122,7 +122,7 @@ pub fn warm_up() {
 
 /// Content filter settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FilterConfig {
     pub mode: FilterMode,
     pub threshold: Severity,
