@@ -24,8 +24,9 @@ NICE=${NICE:-nice -n 10}
 
 echo "nvcc: $(nvcc --version | tail -2 | head -1)  compute cap: $CUDA_COMPUTE_CAP  target: $CARGO_TARGET_DIR"
 start=$(date +%s)
-$NICE cargo build --release --features cuda -p flamingo-model --bin bench_model
-$NICE cargo build --release --features cuda -p flamingo-server --bin flamingo-server
+# One invocation, so both binaries share one feature resolution and candle is compiled once.
+$NICE cargo build --release -p flamingo-model -p flamingo-server \
+  --features flamingo-model/cuda,flamingo-server/cuda --bin bench_model --bin flamingo-server
 echo "build time: $(( $(date +%s) - start )) s"
 
 mkdir -p "$CARGO_TARGET_DIR/stripped"

@@ -59,7 +59,11 @@ done
 # with the driver. For linking only, build a stub exporting every cu* symbol the Rust code can
 # reference (taken from cudarc's driver bindings); at run time the real libcuda.so.1 of the GPU
 # machine's driver is used (the stub's SONAME is libcuda.so.1).
-CUDARC_SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | sort -V | tail -1 || true)
+find_cudarc() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | sort -V | tail -1 || true; }
+if [[ -z $(find_cudarc) ]] && command -v cargo >/dev/null; then
+  (cd "$(dirname "$0")/../.." && cargo fetch -q) || true
+fi
+CUDARC_SYS=$(find_cudarc)
 STUB_C=$ROOT/lib64/stubs/libcuda_stub.c
 {
   echo '/* generated link-time stub for libcuda.so.1 — never loaded at run time */'
@@ -69,7 +73,8 @@ STUB_C=$ROOT/lib64/stubs/libcuda_stub.c
   fi
 } >"$STUB_C"
 if [[ -z $CUDARC_SYS ]]; then
-  echo "warning: cudarc sources not found (run 'cargo fetch' first, then rerun) — libcuda stub is empty" >&2
+  echo "error: cudarc 0.19 sources not found (run 'cargo fetch' in the repo, then rerun)" >&2
+  exit 1
 fi
 cc -shared -fPIC -o "$ROOT/lib64/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$STUB_C"
 

@@ -55,10 +55,16 @@ def _torchvision_or_stub():
         def __call__(self, *a, **k):
             raise RuntimeError("torchvision stub: preprocessing is not available")
 
+    def public_dummy(attr):  # any other public name
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return _Dummy
+
     def mod(name, **attrs):
         m = types.ModuleType(name)
+        m.__file__ = __file__
         m.__dict__.update(attrs)
-        m.__getattr__ = lambda attr: _Dummy  # any other name
+        m.__getattr__ = public_dummy
         sys.modules[name] = m
         return m
 
@@ -72,6 +78,14 @@ def _torchvision_or_stub():
     ops = mod("torchvision.ops", misc=misc)
     mod("torchvision", transforms=tf, ops=ops, __version__="0.0-stub")
     return f"torchvision stub ({reason})"
+
+
+def _version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return "?"
 
 
 def median(xs):
@@ -90,10 +104,10 @@ def main():
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
+    import torch
+
     _keep_transformers_428_importable()
     tv = _torchvision_or_stub()
-
-    import torch
     import transformers
     import open_clip
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -118,7 +132,7 @@ def main():
         return time.perf_counter() - t, out
 
     print(f"torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, "
-          f"open_clip {getattr(open_clip, '__version__', '?')}, {tv}", flush=True)
+          f"open_clip {_version('open_clip_torch')}, open_flamingo {_version('open_flamingo')}, {tv}", flush=True)
     if cuda:
         print(f"device: {torch.cuda.get_device_name(device)}", flush=True)
 
