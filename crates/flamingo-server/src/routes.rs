@@ -383,3 +383,47 @@ async fn chat_inner(s: AppState, body: Result<Json<ChatRequest>, JsonRejection>)
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "no such route")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (METHOD, path) pairs under `paths:` in openapi.yaml.
+    fn spec_operations(spec: &str) -> Vec<(String, String)> {
+        let mut ops = Vec::new();
+        let mut in_paths = false;
+        let mut current = None;
+        for line in spec.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line.trim_end() == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  ").filter(|l| l.starts_with('/')) {
+                current = Some(p.trim_end().trim_end_matches(':').to_string());
+            } else if let Some(m) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
+                let method = m.trim_end().trim_end_matches(':');
+                if ["get", "post", "put", "delete", "patch"].contains(&method) {
+                    ops.push((method.to_uppercase(), current.clone().expect("method before path")));
+                }
+            }
+        }
+        ops.sort();
+        ops
+    }
+
+    #[test]
+    fn router_and_openapi_list_the_same_operations() {
+        let spec = spec_operations(include_str!("../../../openapi.yaml"));
+        let mut ours: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        ours.sort();
+        assert_eq!(ours, spec, "routes and openapi.yaml diverge");
+    }
+
+    #[test]
+    fn every_route_has_a_handler() {
+        let _ = router();
+    }
+}
