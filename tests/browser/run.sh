@@ -61,6 +61,10 @@ else
     echo "run.sh: $BIN not found; build it with: cargo build --release -p flamingo-server" >&2
     exit 2
   fi
+  # The tiny random model writes space-less gibberish, which the output filter (rightly) holds
+  # back until a word ends, so nothing would stream; the streaming UI is what this test checks.
+  # The filter itself is tested end to end in crates/flamingo-server/tests.
+  export FLAMINGO_FILTER_MODE="${FLAMINGO_FILTER_MODE:-off}"
   # shellcheck disable=SC2086  # FLAMINGO_SERVER_ARGS is split on purpose
   "$BIN" --host 127.0.0.1 --port "$PORT" ${FLAMINGO_SERVER_ARGS:-} >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
