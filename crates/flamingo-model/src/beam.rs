@@ -14,17 +14,32 @@ pub struct BeamHypotheses {
 
 impl BeamHypotheses {
     pub fn new(num_beams: usize, length_penalty: f64) -> Self {
-        Self { num_beams, length_penalty, worst_score: 1e9, beams: Vec::new() }
+        Self {
+            num_beams,
+            length_penalty,
+            worst_score: 1e9,
+            beams: Vec::new(),
+        }
     }
 
     /// `full_len` is the length of prompt + generated tokens the reference divides by.
-    pub fn add(&mut self, generated: Vec<u32>, logprobs: Vec<f32>, sum_logprobs: f32, full_len: usize) {
+    pub fn add(
+        &mut self,
+        generated: Vec<u32>,
+        logprobs: Vec<f32>,
+        sum_logprobs: f32,
+        full_len: usize,
+    ) {
         let score = sum_logprobs as f64 / (full_len as f64).powf(self.length_penalty);
         if self.beams.len() < self.num_beams || score > self.worst_score {
             self.beams.push((score, generated, logprobs));
             if self.beams.len() > self.num_beams {
-                let mut ranked: Vec<(f64, usize)> =
-                    self.beams.iter().enumerate().map(|(i, b)| (b.0, i)).collect();
+                let mut ranked: Vec<(f64, usize)> = self
+                    .beams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (b.0, i))
+                    .collect();
                 ranked.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
                 self.beams.remove(ranked[0].1);
                 self.worst_score = ranked[1].0;
@@ -45,7 +60,8 @@ impl BeamHypotheses {
     /// Best first (Python's stable sort then `pop()` picks the last of equal scores).
     pub fn into_ranked(mut self) -> Vec<(f64, Vec<u32>, Vec<f32>)> {
         let mut ranked = Vec::new();
-        self.beams.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        self.beams
+            .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
         while let Some(b) = self.beams.pop() {
             ranked.push(b);
         }
@@ -67,13 +83,25 @@ pub fn top_candidates(beam_scores: &[f32], logprobs: &[Vec<f32>], k: usize) -> V
     let mut all: Vec<Candidate> = Vec::new();
     for (beam, (score, lp)) in beam_scores.iter().zip(logprobs).enumerate() {
         // Only a candidate that could enter the top k matters; prefilter cheaply per beam.
-        let mut local: Vec<(f32, u32)> = lp.iter().enumerate().map(|(t, &l)| (score + l, t as u32)).collect();
+        let mut local: Vec<(f32, u32)> = lp
+            .iter()
+            .enumerate()
+            .map(|(t, &l)| (score + l, t as u32))
+            .collect();
         let keep = k.min(local.len());
         local.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         local.truncate(keep);
-        all.extend(local.into_iter().map(|(s, t)| Candidate { score: s, token: t, beam }));
+        all.extend(local.into_iter().map(|(s, t)| Candidate {
+            score: s,
+            token: t,
+            beam,
+        }));
     }
-    all.sort_by(|a, b| b.score.total_cmp(&a.score).then((a.beam, a.token).cmp(&(b.beam, b.token))));
+    all.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then((a.beam, a.token).cmp(&(b.beam, b.token)))
+    });
     all.truncate(k);
     all
 }
@@ -104,6 +132,9 @@ mod tests {
     #[test]
     fn candidates_span_beams() {
         let c = top_candidates(&[0.0, -1.0], &[vec![-0.1, -3.0], vec![-0.2, -0.05]], 3);
-        assert_eq!(c.iter().map(|c| (c.beam, c.token)).collect::<Vec<_>>(), vec![(0, 0), (1, 1), (1, 0)]);
+        assert_eq!(
+            c.iter().map(|c| (c.beam, c.token)).collect::<Vec<_>>(),
+            vec![(0, 0), (1, 1), (1, 0)]
+        );
     }
 }

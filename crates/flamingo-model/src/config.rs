@@ -65,7 +65,13 @@ pub struct ResamplerConfig {
 
 impl Default for ResamplerConfig {
     fn default() -> Self {
-        Self { depth: 6, num_latents: 64, heads: 8, dim_head: 64, ff_mult: 4 }
+        Self {
+            depth: 6,
+            num_latents: 64,
+            heads: 8,
+            dim_head: 64,
+            ff_mult: 4,
+        }
     }
 }
 
@@ -78,7 +84,11 @@ pub struct XattnConfig {
 
 impl Default for XattnConfig {
     fn default() -> Self {
-        Self { heads: 8, dim_head: 64, ff_mult: 4 }
+        Self {
+            heads: 8,
+            dim_head: 64,
+            ff_mult: 4,
+        }
     }
 }
 
@@ -186,7 +196,7 @@ impl FlamingoConfig {
 
     /// Decoder layer `i` (0-based) has a gated cross-attention block in front of it.
     pub fn has_xattn(&self, layer: usize) -> bool {
-        (layer + 1) % self.cross_attn_every_n_layers == 0
+        (layer + 1).is_multiple_of(self.cross_attn_every_n_layers)
     }
 
     /// Applies an `openflamingo_config.json` (fixture format) on top of `self`.
@@ -328,8 +338,9 @@ mod tests {
     #[test]
     fn openflamingo_9b_places_eight_xattn_blocks() {
         let cfg = FlamingoConfig::openflamingo_9b();
-        let layers: Vec<usize> =
-            (0..cfg.llama.num_hidden_layers).filter(|&i| cfg.has_xattn(i)).collect();
+        let layers: Vec<usize> = (0..cfg.llama.num_hidden_layers)
+            .filter(|&i| cfg.has_xattn(i))
+            .collect();
         assert_eq!(layers, vec![3, 7, 11, 15, 19, 23, 27, 31]);
         assert_eq!(cfg.vocab_size(), 32003);
         assert_eq!(cfg.vision.num_patches(), 256);
@@ -338,9 +349,10 @@ mod tests {
     #[test]
     fn overrides_change_only_given_fields() {
         let mut cfg = FlamingoConfig::openflamingo_9b();
-        let o: FlamingoOverrides =
-            serde_json::from_str(r#"{"cross_attn_every_n_layers": 2, "perceiver": {"depth": 3}, "note": "x"}"#)
-                .unwrap();
+        let o: FlamingoOverrides = serde_json::from_str(
+            r#"{"cross_attn_every_n_layers": 2, "perceiver": {"depth": 3}, "note": "x"}"#,
+        )
+        .unwrap();
         cfg.apply_overrides(&o);
         assert_eq!(cfg.cross_attn_every_n_layers, 2);
         assert_eq!(cfg.resampler.depth, 3);

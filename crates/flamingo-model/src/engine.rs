@@ -12,7 +12,7 @@ use crate::error::{ModelError, Result};
 use crate::flamingo::{Flamingo, LogitsFor, PackedInput, SequenceState};
 use crate::media::{generated_media_time, prompt_media_time};
 use crate::preprocess::IMAGE_SIZE;
-use crate::sampling::{log_softmax, SamplingParams, Sampler};
+use crate::sampling::{log_softmax, Sampler, SamplingParams};
 
 pub type SeqId = u64;
 
@@ -73,7 +73,11 @@ pub enum Event {
     Token { seq: SeqId, token: GeneratedToken },
     /// The sequence is done and has left the batch. For beam search `hypotheses` holds the
     /// finished beams, best first; otherwise it is empty (the tokens were already reported).
-    Finished { seq: SeqId, reason: FinishReason, hypotheses: Vec<Hypothesis> },
+    Finished {
+        seq: SeqId,
+        reason: FinishReason,
+        hypotheses: Vec<Hypothesis>,
+    },
 }
 
 struct Single {
@@ -98,8 +102,8 @@ struct BeamSearch {
 }
 
 enum Decoding {
-    Single(Single),
-    Beam(BeamSearch),
+    Single(Box<Single>),
+    Beam(Box<BeamSearch>),
 }
 
 struct Active {
@@ -128,7 +132,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Arc<Flamingo>) -> Self {
-        Self { model, active: Vec::new(), next_id: 1 }
+        Self {
+            model,
+            active: Vec::new(),
+            next_id: 1,
+        }
     }
 
     pub fn model(&self) -> &Arc<Flamingo> {
@@ -159,7 +167,13 @@ impl Engine {
     pub fn pending_tokens(&self) -> usize {
         self.active
             .iter()
-            .map(|a| if a.prefilled() { self.rows_of(a) } else { a.prompt.len() })
+            .map(|a| {
+                if a.prefilled() {
+                    self.rows_of(a)
+                } else {
+                    a.prompt.len()
+                }
+            })
             .sum()
     }
 
@@ -180,17 +194,29 @@ impl Engine {
         let mut flat = Vec::with_capacity(images.len() * per_image);
         for img in images {
             if img.len() != per_image {
-                return Err(ModelError::Input(format!("an image must have {per_image} values, got {}", img.len())));
+                return Err(ModelError::Input(format!(
+                    "an image must have {per_image} values, got {}",
+                    img.len()
+                )));
             }
             flat.extend_from_slice(img);
         }
-        let pixels = Tensor::from_vec(flat, (images.len(), 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?;
+        let pixels = Tensor::from_vec(
+            flat,
+            (images.len(), 3, IMAGE_SIZE, IMAGE_SIZE),
+            &Device::Cpu,
+        )?;
         let latents = self.model.encode_images(&pixels)?;
         (0..images.len()).map(|i| Ok(latents.get(i)?)).collect()
     }
 
     /// Checks a request against the model before it is queued.
-    pub fn validate(&self, tokens: &[u32], num_images: usize, params: &GenerationParams) -> Result<()> {
+    pub fn validate(
+        &self,
+        tokens: &[u32],
+        num_images: usize,
+        params: &GenerationParams,
+    ) -> Result<()> {
         let cfg = self.model.config();
         let bad = |m: String| Err(ModelError::Input(m));
         if tokens.is_empty() {
@@ -199,9 +225,14 @@ impl Engine {
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size()) {
             return bad(format!("token id {t} is outside the vocabulary"));
         }
-        let markers = tokens.iter().filter(|&&t| t == self.model.image_token_id()).count();
+        let markers = tokens
+            .iter()
+            .filter(|&&t| t == self.model.image_token_id())
+            .count();
         if markers != num_images {
-            return bad(format!("the prompt has {markers} <image> markers but {num_images} images"));
+            return bad(format!(
+                "the prompt has {markers} <image> markers but {num_images} images"
+            ));
         }
         if params.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
@@ -233,14 +264,18 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let decoding = if req.params.num_beams > 1 {
-            Decoding::Beam(BeamSearch {
+            Decoding::Beam(Box::new(BeamSearch {
                 prompt_state: Some(state),
                 rows: Vec::new(),
                 hypotheses: BeamHypotheses::new(req.params.num_beams, req.params.length_penalty),
                 steps: 0,
-            })
+            }))
         } else {
-            Decoding::Single(Single { state, sampler: Sampler::new(req.params.sampling.clone()), generated: Vec::new() })
+            Decoding::Single(Box::new(Single {
+                state,
+                sampler: Sampler::new(req.params.sampling.clone()),
+                generated: Vec::new(),
+            }))
         };
         self.active.push(Active {
             id,
@@ -276,7 +311,10 @@ impl Engine {
         for a in &self.active {
             let last = |tokens: &[u32]| {
                 let t = *tokens.last().expect("prefilled sequences have tokens");
-                (vec![t], vec![generated_media_time(rule, t, image_token, a.num_images)])
+                (
+                    vec![t],
+                    vec![generated_media_time(rule, t, image_token, a.num_images)],
+                )
             };
             match &a.decoding {
                 _ if !a.prefilled() => feeds.push((a.prompt.clone(), a.prompt_media_time.clone())),
@@ -297,9 +335,16 @@ impl Engine {
         let mut inputs: Vec<PackedInput> = states
             .into_iter()
             .zip(&feeds)
-            .map(|(state, (tokens, media_time))| PackedInput { state, tokens, media_time })
+            .map(|(state, (tokens, media_time))| PackedInput {
+                state,
+                tokens,
+                media_time,
+            })
             .collect();
-        let logits = self.model.forward(&mut inputs, LogitsFor::LastToken, None)?.to_vec2::<f32>()?;
+        let logits = self
+            .model
+            .forward(&mut inputs, LogitsFor::LastToken, None)?
+            .to_vec2::<f32>()?;
         drop(inputs);
 
         let mut events = Vec::new();
@@ -312,7 +357,10 @@ impl Engine {
                     let seen: Vec<u32> = a.prompt.iter().chain(&s.generated).copied().collect();
                     let (id, logprob) = s.sampler.next(&row, &seen);
                     s.generated.push(id);
-                    events.push(Event::Token { seq: a.id, token: GeneratedToken { id, logprob } });
+                    events.push(Event::Token {
+                        seq: a.id,
+                        token: GeneratedToken { id, logprob },
+                    });
                     if a.params.stop_tokens.contains(&id) {
                         Some((FinishReason::StopToken, Vec::new()))
                     } else if s.generated.len() >= a.params.max_new_tokens {
@@ -322,14 +370,22 @@ impl Engine {
                     }
                 }
                 Decoding::Beam(b) => {
-                    let n = if b.prompt_state.is_some() { 1 } else { b.rows.len() };
+                    let n = if b.prompt_state.is_some() {
+                        1
+                    } else {
+                        b.rows.len()
+                    };
                     let logits: Vec<Vec<f32>> = rows.by_ref().take(n).collect();
                     beam_step(b, &logits, a.prompt.len(), &a.params)?
                 }
             };
             if let Some((reason, hypotheses)) = reason {
                 finished.push(a.id);
-                events.push(Event::Finished { seq: a.id, reason, hypotheses });
+                events.push(Event::Finished {
+                    seq: a.id,
+                    reason,
+                    hypotheses,
+                });
             }
         }
         self.active.retain(|a| !finished.contains(&a.id));
@@ -349,11 +405,25 @@ fn beam_step(
     let logprobs: Vec<Vec<f32>> = logits.iter().map(|l| log_softmax(l)).collect();
     // At the first step every beam holds the prompt and all but the first score -1e9, so only
     // the first beam's continuations can win: run it alone.
-    let scores: Vec<f32> = if b.rows.is_empty() { vec![0.0] } else { b.rows.iter().map(|r| r.score).collect() };
+    let scores: Vec<f32> = if b.rows.is_empty() {
+        vec![0.0]
+    } else {
+        b.rows.iter().map(|r| r.score).collect()
+    };
     let candidates = top_candidates(&scores, &logprobs, 2 * num_beams);
     let cur_len = prompt_len + b.steps;
-    let history = |beam: usize| b.rows.get(beam).map(|r| r.tokens.clone()).unwrap_or_default();
-    let history_logprobs = |beam: usize| b.rows.get(beam).map(|r| r.logprobs.clone()).unwrap_or_default();
+    let history = |beam: usize| {
+        b.rows
+            .get(beam)
+            .map(|r| r.tokens.clone())
+            .unwrap_or_default()
+    };
+    let history_logprobs = |beam: usize| {
+        b.rows
+            .get(beam)
+            .map(|r| r.logprobs.clone())
+            .unwrap_or_default()
+    };
     let mut chosen: Vec<(Candidate, f32)> = Vec::with_capacity(num_beams);
     for (rank, c) in candidates.iter().enumerate() {
         let token_logprob = logprobs[c.beam][c.token as usize];
@@ -375,7 +445,12 @@ fn beam_step(
     let done = b.hypotheses.is_done(candidates[0].score, cur_len);
     // New rows: a parent's caches move to its last child and are copied for the others.
     let mut parents: Vec<Option<BeamRow>> = match b.prompt_state.take() {
-        Some(state) => vec![Some(BeamRow { state, tokens: Vec::new(), logprobs: Vec::new(), score: 0.0 })],
+        Some(state) => vec![Some(BeamRow {
+            state,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            score: 0.0,
+        })],
         None => std::mem::take(&mut b.rows).into_iter().map(Some).collect(),
     };
     let mut uses = vec![0usize; parents.len()];
@@ -384,10 +459,17 @@ fn beam_step(
     for (c, token_logprob) in chosen {
         uses[c.beam] -= 1;
         let mut row = if uses[c.beam] == 0 {
-            parents[c.beam].take().expect("parent used once more than counted")
+            parents[c.beam]
+                .take()
+                .expect("parent used once more than counted")
         } else {
             let p = parents[c.beam].as_ref().expect("parent present");
-            BeamRow { state: p.state.fork()?, tokens: p.tokens.clone(), logprobs: p.logprobs.clone(), score: p.score }
+            BeamRow {
+                state: p.state.fork()?,
+                tokens: p.tokens.clone(),
+                logprobs: p.logprobs.clone(),
+                score: p.score,
+            }
         };
         row.tokens.push(c.token);
         row.logprobs.push(token_logprob);
@@ -399,17 +481,29 @@ fn beam_step(
     if !done && b.steps < params.max_new_tokens {
         return Ok(None);
     }
-    let mut hyps = std::mem::replace(&mut b.hypotheses, BeamHypotheses::new(num_beams, params.length_penalty));
+    let mut hyps = std::mem::replace(
+        &mut b.hypotheses,
+        BeamHypotheses::new(num_beams, params.length_penalty),
+    );
     if !done {
         for r in &b.rows {
-            hyps.add(r.tokens.clone(), r.logprobs.clone(), r.score, prompt_len + b.steps);
+            hyps.add(
+                r.tokens.clone(),
+                r.logprobs.clone(),
+                r.score,
+                prompt_len + b.steps,
+            );
         }
     }
     let ranked: Vec<Hypothesis> = hyps
         .into_ranked()
         .into_iter()
         .map(|(score, tokens, lps)| Hypothesis {
-            tokens: tokens.into_iter().zip(lps).map(|(id, logprob)| GeneratedToken { id, logprob }).collect(),
+            tokens: tokens
+                .into_iter()
+                .zip(lps)
+                .map(|(id, logprob)| GeneratedToken { id, logprob })
+                .collect(),
             score,
         })
         .collect();

@@ -10,7 +10,12 @@ pub enum LoadError {
     #[error("tensor `{key}` not found in {files}")]
     MissingTensor { key: String, files: String },
     #[error("tensor `{key}` in {file}: expected shape {expected:?}, found {found:?}")]
-    ShapeMismatch { key: String, file: PathBuf, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        key: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{file}: loaded zero tensors (a nested dict, a pickled module or not a state dict?)")]
     NoTensors { file: PathBuf },
     #[error("{file}: {message}")]
@@ -22,7 +27,10 @@ pub enum ModelError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid config: {message}")]
     Config { path: PathBuf, message: String },
     #[error("model layout: {0}")]
@@ -39,7 +47,10 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 

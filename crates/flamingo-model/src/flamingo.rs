@@ -9,7 +9,9 @@ use candle_nn::{Embedding, RmsNorm};
 
 use crate::quant::{Proj, Quantization};
 
-use crate::config::{FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig};
+use crate::config::{
+    FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig,
+};
 use crate::error::{LoadError, ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttnRows, DecoderLayer, Rotary};
@@ -31,7 +33,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, media_rule: None }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            media_rule: None,
+        }
     }
 }
 
@@ -74,7 +80,11 @@ impl SequenceState {
     /// An independent copy for a new beam; image keys/values are shared.
     pub fn fork(&self) -> Result<Self> {
         Ok(Self {
-            kv: self.kv.iter().map(KvCache::deep_copy).collect::<candle_core::Result<_>>()?,
+            kv: self
+                .kv
+                .iter()
+                .map(KvCache::deep_copy)
+                .collect::<candle_core::Result<_>>()?,
             media: self.media.clone(),
             num_images: self.num_images,
         })
@@ -112,7 +122,11 @@ impl Flamingo {
     }
 
     /// Like [`Flamingo::load`], quantizing the LLaMA projections, xattn feed-forwards and lm_head.
-    pub fn load_with(paths: &ModelPaths, opts: &LoadOptions, quant: Option<Quantization>) -> Result<Self> {
+    pub fn load_with(
+        paths: &ModelPaths,
+        opts: &LoadOptions,
+        quant: Option<Quantization>,
+    ) -> Result<Self> {
         let cfg = resolve_config(paths, opts)?;
         let llama = Arc::new(TensorStore::open_hf_dir(&paths.llama_dir)?);
         let checkpoint = Arc::new(TensorStore::open(std::slice::from_ref(&paths.checkpoint))?);
@@ -120,21 +134,44 @@ impl Flamingo {
             VisionWeights::OpenClip { weights, .. } => {
                 let store = TensorStore::open(std::slice::from_ref(weights))?;
                 // A bare `VisionTransformer` state dict has no `visual.` prefix.
-                let prefix = if store.contains("visual.conv1.weight") { "visual" } else { "" };
+                let prefix = if store.contains("visual.conv1.weight") {
+                    "visual"
+                } else {
+                    ""
+                };
                 (store, KeyLayout::Identity, prefix)
             }
-            VisionWeights::HfClip { dir } => {
-                (TensorStore::open(&hf_weight_files(dir)?)?, KeyLayout::HfClipAsOpenClip, "visual")
-            }
+            VisionWeights::HfClip { dir } => (
+                TensorStore::open(&hf_weight_files(dir)?)?,
+                KeyLayout::HfClipAsOpenClip,
+                "visual",
+            ),
         };
         let first_error = Arc::new(Mutex::new(None::<LoadError>));
         let vb = |store: &Arc<TensorStore>, layout| {
-            StoreBackend::var_builder(store.clone(), layout, opts.dtype, &opts.device, first_error.clone())
+            StoreBackend::var_builder(
+                store.clone(),
+                layout,
+                opts.dtype,
+                &opts.device,
+                first_error.clone(),
+            )
         };
         let build = || -> candle_core::Result<Self> {
             let vision_vb = vb(&Arc::new(vision_store), vision_layout);
-            let vision_vb = if vision_prefix.is_empty() { vision_vb } else { vision_vb.pp(vision_prefix) };
-            Self::assemble(&cfg, vision_vb, vb(&llama, KeyLayout::Identity), vb(&checkpoint, KeyLayout::FlamingoCheckpoint), opts, quant)
+            let vision_vb = if vision_prefix.is_empty() {
+                vision_vb
+            } else {
+                vision_vb.pp(vision_prefix)
+            };
+            Self::assemble(
+                &cfg,
+                vision_vb,
+                vb(&llama, KeyLayout::Identity),
+                vb(&checkpoint, KeyLayout::FlamingoCheckpoint),
+                opts,
+                quant,
+            )
         };
         build().map_err(|e| {
             let typed = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -143,13 +180,24 @@ impl Flamingo {
     }
 
     /// Random weights in the given shape (benchmarks of configurations we have no files for).
-    pub fn random(cfg: &FlamingoConfig, opts: &LoadOptions, quant: Option<Quantization>) -> Result<Self> {
+    pub fn random(
+        cfg: &FlamingoConfig,
+        opts: &LoadOptions,
+        quant: Option<Quantization>,
+    ) -> Result<Self> {
         let vb = candle_nn::VarBuilder::from_backend(
             Box::new(crate::weights::RandomWeights::default()),
             opts.dtype,
             opts.device.clone(),
         );
-        Ok(Self::assemble(cfg, vb.pp("visual"), vb.clone(), vb, opts, quant)?)
+        Ok(Self::assemble(
+            cfg,
+            vb.pp("visual"),
+            vb.clone(),
+            vb,
+            opts,
+            quant,
+        )?)
     }
 
     fn assemble(
@@ -168,11 +216,23 @@ impl Flamingo {
                 let xattn = cfg
                     .has_xattn(i)
                     .then(|| {
-                        let vb = ckpt_vb.pp(format!("lang_encoder.model.layers.{i}.gated_cross_attn_layer"));
-                        GatedCrossAttention::new(h, vis_dim, cfg.resampler.num_latents, &cfg.xattn, vb, quant)
+                        let vb = ckpt_vb.pp(format!(
+                            "lang_encoder.model.layers.{i}.gated_cross_attn_layer"
+                        ));
+                        GatedCrossAttention::new(
+                            h,
+                            vis_dim,
+                            cfg.resampler.num_latents,
+                            &cfg.xattn,
+                            vb,
+                            quant,
+                        )
                     })
                     .transpose()?;
-                Ok(FlamingoLayer { xattn, decoder: DecoderLayer::new(l, llama_vb.pp(format!("model.layers.{i}")), quant)? })
+                Ok(FlamingoLayer {
+                    xattn,
+                    decoder: DecoderLayer::new(l, llama_vb.pp(format!("model.layers.{i}")), quant)?,
+                })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         // The three added tokens have no trained lm_head rows (spec §5); zeros, as the fixtures.
@@ -243,17 +303,28 @@ impl Flamingo {
             Some(m) => m.dim(0)?,
             None => 0,
         };
-        Ok(SequenceState { kv: vec![KvCache::default(); self.layers.len()], media, num_images })
+        Ok(SequenceState {
+            kv: vec![KvCache::default(); self.layers.len()],
+            media,
+            num_images,
+        })
     }
 
     /// One forward over the new tokens of several sequences, appending to their caches.
     /// Returns logits (f32) for the last token of each input, or for every token.
-    pub fn forward(&self, inputs: &mut [PackedInput], logits_for: LogitsFor, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        inputs: &mut [PackedInput],
+        logits_for: LogitsFor,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let mut all_tokens = Vec::new();
         let mut spans = Vec::with_capacity(inputs.len());
         for input in inputs.iter() {
             if input.tokens.is_empty() || input.tokens.len() != input.media_time.len() {
-                return Err(ModelError::Input("each sequence needs tokens with one media time each".into()));
+                return Err(ModelError::Input(
+                    "each sequence needs tokens with one media time each".into(),
+                ));
             }
             if input.state.position() + input.tokens.len() > self.max_positions() {
                 return Err(ModelError::Input(format!(
@@ -292,7 +363,12 @@ impl Flamingo {
                 .zip(&spans)
                 .map(|(input, &(start, len))| {
                     let cache = &mut input.state.kv[i];
-                    AttnRows { start, len, position: cache.len(), cache }
+                    AttnRows {
+                        start,
+                        len,
+                        position: cache.len(),
+                        cache,
+                    }
                 })
                 .collect();
             x = layer.decoder.forward(&x, &mut rows, &self.rotary)?;
@@ -314,8 +390,13 @@ impl Flamingo {
     /// Convenience for tests and scoring: a fresh sequence, full prompt, all logits [T, V].
     pub fn score_prompt(&self, tokens: &[u32], images: Option<&Tensor>) -> Result<Tensor> {
         let mut state = self.new_sequence(images)?;
-        let media_time = crate::media::prompt_media_time(self.cfg.media_rule, tokens, self.image_token_id());
-        let mut input = [PackedInput { state: &mut state, tokens, media_time: &media_time }];
+        let media_time =
+            crate::media::prompt_media_time(self.cfg.media_rule, tokens, self.image_token_id());
+        let mut input = [PackedInput {
+            state: &mut state,
+            tokens,
+            media_time: &media_time,
+        }];
         self.forward(&mut input, LogitsFor::AllTokens, None)
     }
 
@@ -337,12 +418,13 @@ pub fn resolve_config(paths: &ModelPaths, opts: &LoadOptions) -> Result<Flamingo
     let mut cfg = FlamingoConfig::openflamingo_9b();
     cfg.llama = LlamaConfig::from_file(&paths.llama_dir.join("config.json"))?;
     match &paths.vision {
-        VisionWeights::OpenClip { config: Some(c), .. } => {
-            cfg.apply_open_clip_config(&crate::config::read_json::<OpenClipConfig>(c)?)
-        }
-        VisionWeights::HfClip { dir } if dir.join("config.json").is_file() => {
-            cfg.apply_hf_clip_config(&crate::config::read_json::<HfClipConfig>(&dir.join("config.json"))?)
-        }
+        VisionWeights::OpenClip {
+            config: Some(c), ..
+        } => cfg.apply_open_clip_config(&crate::config::read_json::<OpenClipConfig>(c)?),
+        VisionWeights::HfClip { dir } if dir.join("config.json").is_file() => cfg
+            .apply_hf_clip_config(&crate::config::read_json::<HfClipConfig>(
+                &dir.join("config.json"),
+            )?),
         _ => {}
     }
     if let Some(path) = &paths.flamingo_config {
@@ -352,7 +434,9 @@ pub fn resolve_config(paths: &ModelPaths, opts: &LoadOptions) -> Result<Flamingo
         cfg.media_rule = rule;
     }
     if cfg.cross_attn_every_n_layers == 0 {
-        return Err(ModelError::Layout("cross_attn_every_n_layers must be at least 1".into()));
+        return Err(ModelError::Layout(
+            "cross_attn_every_n_layers must be at least 1".into(),
+        ));
     }
     Ok(cfg)
 }

@@ -32,7 +32,10 @@ impl KvCache {
         if self.len + n > self.capacity() {
             self.grow((self.len + n).max(2 * self.capacity()).max(MIN_CAPACITY), k)?;
         }
-        let (kb, vb) = (self.k.as_ref().expect("grown"), self.v.as_ref().expect("grown"));
+        let (kb, vb) = (
+            self.k.as_ref().expect("grown"),
+            self.v.as_ref().expect("grown"),
+        );
         kb.slice_set(&k.contiguous()?, 1, self.len)?;
         vb.slice_set(&v.contiguous()?, 1, self.len)?;
         self.len += n;
@@ -55,7 +58,11 @@ impl KvCache {
     /// An independent copy (beam search forks a beam).
     pub fn deep_copy(&self) -> Result<Self> {
         let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy()).transpose();
-        Ok(Self { k: copy(&self.k)?, v: copy(&self.v)?, len: self.len })
+        Ok(Self {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
+            len: self.len,
+        })
     }
 }
 
@@ -76,7 +83,10 @@ mod tests {
             let (ks, _) = cache.append(&k, &k)?;
             assert_eq!(ks.dims(), &[2, cache.len(), 3]);
         }
-        let (ks, _) = cache.append(&Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev)?, &Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev)?)?;
+        let (ks, _) = cache.append(
+            &Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev)?,
+            &Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev)?,
+        )?;
         let expected = Tensor::cat(&all, 1)?;
         assert_eq!(ks.i(1)?.to_vec2::<f32>()?, expected.i(1)?.to_vec2::<f32>()?);
         Ok(())

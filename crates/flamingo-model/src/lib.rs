@@ -1,6 +1,8 @@
 //! OpenFlamingo (v1 release semantics) in candle.
 
+pub mod beam;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod flamingo;
 pub mod kv_cache;
@@ -9,14 +11,12 @@ pub mod media;
 pub mod nn;
 pub mod paths;
 pub mod perceiver;
-pub mod beam;
-pub mod engine;
-pub mod sampling;
 pub mod preprocess;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
-pub mod tokenizer;
 pub mod xattn;
 
 pub use config::{FlamingoConfig, MediaRule};

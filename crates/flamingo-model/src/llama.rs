@@ -26,7 +26,12 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    pub fn new(cfg: &LlamaConfig, max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &LlamaConfig,
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let dim = cfg.head_dim();
         let inv_freq: Vec<f32> = (0..dim / 2)
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / dim as f64) as f32)
@@ -36,7 +41,10 @@ impl Rotary {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let freqs = t.matmul(&inv_freq)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
     }
 
     pub fn max_positions(&self) -> usize {
@@ -91,7 +99,8 @@ impl SelfAttention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(rows.len());
         for r in rows.iter_mut() {
-            let heads = |t: &Tensor, n: usize| split_heads(&t.narrow(0, r.start, r.len)?.unsqueeze(0)?, n);
+            let heads =
+                |t: &Tensor, n: usize| split_heads(&t.narrow(0, r.start, r.len)?.unsqueeze(0)?, n);
             let qs = rotary.apply(&heads(&q, self.heads)?, r.position)?;
             let ks = rotary.apply(&heads(&k, self.kv_heads)?, r.position)?;
             let vs = heads(&v, self.kv_heads)?;
@@ -110,7 +119,9 @@ impl SelfAttention {
             return Ok(x);
         }
         let (kvh, t, d) = x.dims3()?;
-        x.unsqueeze(1)?.broadcast_as((kvh, groups, t, d))?.reshape((kvh * groups, t, d))
+        x.unsqueeze(1)?
+            .broadcast_as((kvh, groups, t, d))?
+            .reshape((kvh * groups, t, d))
     }
 }
 
@@ -121,7 +132,15 @@ fn causal_mask(n: usize, total: usize, device: &Device) -> Result<Option<Tensor>
     }
     let past = total - n;
     let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (n, total), device).map(Some)
 }
@@ -168,7 +187,9 @@ impl DecoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, rows: &mut [AttnRows], rotary: &Rotary) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&x.apply(&self.input_layernorm)?, rows, rotary)?;
+        let attn = self
+            .self_attn
+            .forward(&x.apply(&self.input_layernorm)?, rows, rotary)?;
         let x = (x + attn)?;
         let mlp = x.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
         x + mlp

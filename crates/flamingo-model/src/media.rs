@@ -61,12 +61,21 @@ mod tests {
     #[test]
     fn v2_attends_to_the_previous_image() {
         let tokens = [1, IMG, 10, EOC, IMG, 10];
-        assert_eq!(prompt_media_time(MediaRule::PreviousImage, &tokens, IMG), vec![0, 1, 1, 1, 2, 2]);
-        assert_eq!(generated_media_time(MediaRule::PreviousImage, 10, IMG, 2), 2);
+        assert_eq!(
+            prompt_media_time(MediaRule::PreviousImage, &tokens, IMG),
+            vec![0, 1, 1, 1, 2, 2]
+        );
+        assert_eq!(
+            generated_media_time(MediaRule::PreviousImage, 10, IMG, 2),
+            2
+        );
     }
 
     #[test]
     fn text_only_sees_nothing() {
-        assert_eq!(prompt_media_time(MediaRule::NextImage, &[1, 5, 6], IMG), vec![0, 0, 0]);
+        assert_eq!(
+            prompt_media_time(MediaRule::NextImage, &[1, 5, 6], IMG),
+            vec![0, 0, 0]
+        );
     }
 }

@@ -4,7 +4,14 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps, ..Default::default() }, vb)
+    candle_nn::layer_norm(
+        dim,
+        candle_nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
@@ -29,7 +36,9 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let mut shape = dims[..dims.len() - 2].to_vec();
     shape.extend([tokens, heads, features / heads]);
     let rank = shape.len();
-    x.reshape(shape)?.transpose(rank - 3, rank - 2)?.contiguous()
+    x.reshape(shape)?
+        .transpose(rank - 3, rank - 2)?
+        .contiguous()
 }
 
 /// Inverse of [`split_heads`].
@@ -39,19 +48,29 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (heads, tokens, head_dim) = (dims[rank - 3], dims[rank - 2], dims[rank - 1]);
     let mut shape = dims[..rank - 3].to_vec();
     shape.extend([tokens, heads * head_dim]);
-    x.transpose(rank - 3, rank - 2)?.contiguous()?.reshape(shape)
+    x.transpose(rank - 3, rank - 2)?
+        .contiguous()?
+        .reshape(shape)
 }
 
 /// Scaled dot-product attention with an optional additive f32 mask broadcast over heads; the
 /// mask and softmax are applied in f32 whatever the activation dtype.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?.matmul(v)
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .to_dtype(dtype)?
+        .matmul(v)
 }
 
 /// Feed-forward `LayerNorm -> Linear -> GELU(erf) -> Linear` (Sequential indices 0, 1, 3), used by
@@ -63,7 +82,12 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub fn new(dim: usize, mult: usize, vb: VarBuilder, quant: Option<crate::quant::Quantization>) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        mult: usize,
+        vb: VarBuilder,
+        quant: Option<crate::quant::Quantization>,
+    ) -> Result<Self> {
         use crate::quant::Proj;
         Ok(Self {
             norm: layer_norm(dim, 1e-5, vb.pp("0"))?,
@@ -75,7 +99,10 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.norm)?.apply(&self.up)?.gelu_erf()?.apply(&self.down)
+        x.apply(&self.norm)?
+            .apply(&self.up)?
+            .gelu_erf()?
+            .apply(&self.down)
     }
 }
 

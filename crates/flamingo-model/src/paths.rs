@@ -7,7 +7,10 @@ use crate::error::{ModelError, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VisionWeights {
     /// open_clip state dict (`visual.*` keys, packed `in_proj_weight`); safetensors or torch pickle.
-    OpenClip { weights: PathBuf, config: Option<PathBuf> },
+    OpenClip {
+        weights: PathBuf,
+        config: Option<PathBuf>,
+    },
     /// HF `CLIPVisionModel(WithProjection)` / `CLIPModel` folder (`openai/clip-vit-large-patch14`).
     HfClip { dir: PathBuf },
 }
@@ -43,7 +46,9 @@ impl ModelPaths {
         let vision = if dir.join("vision").is_dir() {
             open_clip_in(&dir.join("vision"))?
         } else if dir.join("vision_hf").is_dir() {
-            VisionWeights::HfClip { dir: dir.join("vision_hf") }
+            VisionWeights::HfClip {
+                dir: dir.join("vision_hf"),
+            }
         } else {
             return Err(missing("vision/ or vision_hf/ folder"));
         };
@@ -65,18 +70,32 @@ impl ModelPaths {
 /// An open_clip weights file: a path to the file itself, or a folder holding one.
 pub fn open_clip_in(path: &Path) -> Result<VisionWeights> {
     if path.is_file() {
-        return Ok(VisionWeights::OpenClip { weights: path.to_path_buf(), config: None });
+        return Ok(VisionWeights::OpenClip {
+            weights: path.to_path_buf(),
+            config: None,
+        });
     }
     let config = path.join("open_clip_config.json");
     let config = config.is_file().then_some(config);
-    let known = OPEN_CLIP_FILES.iter().map(|f| path.join(f)).find(|p| p.is_file());
+    let known = OPEN_CLIP_FILES
+        .iter()
+        .map(|f| path.join(f))
+        .find(|p| p.is_file());
     let any = || {
-        std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.extension().is_some_and(|e| e == "safetensors" || e == "bin" || e == "pt" || e == "pth")
-        })
+        std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "safetensors" || e == "bin" || e == "pt" || e == "pth")
+            })
     };
     match known.or_else(any) {
         Some(weights) => Ok(VisionWeights::OpenClip { weights, config }),
-        None => Err(ModelError::Layout(format!("{}: no vision weights file", path.display()))),
+        None => Err(ModelError::Layout(format!(
+            "{}: no vision weights file",
+            path.display()
+        ))),
     }
 }

@@ -74,7 +74,11 @@ impl PerceiverResampler {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         let (l, d) = self.latents.dims2()?;
-        let mut latents = self.latents.unsqueeze(0)?.broadcast_as((n, l, d))?.contiguous()?;
+        let mut latents = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((n, l, d))?
+            .contiguous()?;
         for (attn, ff) in &self.layers {
             latents = (attn.forward(x, &latents)? + &latents)?;
             latents = (ff.forward(&latents)? + &latents)?;

@@ -31,7 +31,12 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder, quant: Option<Quantization>) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+        quant: Option<Quantization>,
+    ) -> Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;
         Self::from_weight(w, quant)
     }

@@ -16,7 +16,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { do_sample: false, temperature: 1.0, top_k: None, top_p: None, repetition_penalty: None, seed: 0 }
+        Self {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: None,
+            seed: 0,
+        }
     }
 }
 
@@ -87,7 +94,10 @@ impl Sampler {
             let mut sorted = logits.clone();
             sorted.sort_unstable_by(|a, b| b.total_cmp(a));
             let kth = sorted[k - 1];
-            logits.iter_mut().filter(|l| **l < kth).for_each(|l| *l = f32::NEG_INFINITY);
+            logits
+                .iter_mut()
+                .filter(|l| **l < kth)
+                .for_each(|l| *l = f32::NEG_INFINITY);
         }
         if let Some(p) = self.params.top_p.filter(|&p| p < 1.0) {
             top_p_filter(&mut logits, p as f32);
@@ -150,7 +160,13 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens() {
-        let params = SamplingParams { do_sample: true, temperature: 0.8, top_p: Some(0.9), seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            do_sample: true,
+            temperature: 0.8,
+            top_p: Some(0.9),
+            seed: 7,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = || {
             let mut s = Sampler::new(params.clone());
@@ -161,7 +177,12 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let params = SamplingParams { do_sample: true, top_k: Some(1), seed: 3, ..Default::default() };
+        let params = SamplingParams {
+            do_sample: true,
+            top_k: Some(1),
+            seed: 3,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         for _ in 0..10 {
             assert_eq!(s.next(&[0.1, 0.5, 3.0, 0.2], &[]).0, 2);

@@ -26,7 +26,8 @@ fn err(e: impl std::fmt::Display) -> ModelError {
 
 impl FlamingoTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         // Same order as the reference: the two "additional special tokens", then the pad token.
         for token in [END_OF_CHUNK, IMAGE, PAD] {
             if inner.token_to_id(token).is_none() {
@@ -35,7 +36,11 @@ impl FlamingoTokenizer {
                     .map_err(err)?;
             }
         }
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| err(format!("no `{t}` token")));
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| err(format!("no `{t}` token")))
+        };
         Ok(Self {
             end_of_chunk_id: id(END_OF_CHUNK)?,
             image_id: id(IMAGE)?,
@@ -48,7 +53,12 @@ impl FlamingoTokenizer {
 
     /// Token ids of a prompt, BOS first.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(prompt, true).map_err(err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(prompt, true)
+            .map_err(err)?
+            .get_ids()
+            .to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {

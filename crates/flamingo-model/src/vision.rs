@@ -38,7 +38,9 @@ impl ResidualBlock {
         let width = self.out_proj.weight().dim(0)?;
         let h = x.apply(&self.ln_1)?;
         // Packed rows are [q; k; v] along the output dim (nn.MultiheadAttention layout).
-        let qkv = h.broadcast_matmul(&self.in_proj_weight.t()?)?.broadcast_add(&self.in_proj_bias)?;
+        let qkv = h
+            .broadcast_matmul(&self.in_proj_weight.t()?)?
+            .broadcast_add(&self.in_proj_bias)?;
         let part = |i: usize| split_heads(&qkv.narrow(2, i * width, width)?, self.heads);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let scale = 1.0 / ((width / self.heads) as f64).sqrt();
@@ -88,7 +90,10 @@ impl VisionTransformer {
             .contiguous()?
             .reshape((n, g * g, 3 * p * p))?;
         let tokens = patches.broadcast_matmul(&self.patch_weight.t()?)?;
-        let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, w))?
+            .broadcast_as((n, 1, w))?;
         let mut x = Tensor::cat(&[&cls, &tokens], 1)?
             .broadcast_add(&self.positional_embedding)?
             .apply(&self.ln_pre)?;

@@ -23,12 +23,18 @@ struct WeightFile {
     reader: Reader,
 }
 
+/// A tensor name and its shape.
+type KeyShape = (String, Vec<usize>);
+
 /// Keys of torch checkpoints that wrap the state dict one level down.
 const NESTED_STATE_DICT_KEYS: [&str; 3] = ["state_dict", "model_state_dict", "model"];
 
 impl WeightFile {
-    fn open(path: &Path) -> Result<(Self, Vec<(String, Vec<usize>)>)> {
-        let bad = |message: String| LoadError::BadFile { file: path.to_path_buf(), message };
+    fn open(path: &Path) -> Result<(Self, Vec<KeyShape>)> {
+        let bad = |message: String| LoadError::BadFile {
+            file: path.to_path_buf(),
+            message,
+        };
         if !path.is_file() {
             return Err(ModelError::io(
                 path,
@@ -45,7 +51,13 @@ impl WeightFile {
                 .into_iter()
                 .map(|(name, view)| (name, view.shape().to_vec()))
                 .collect();
-            return Ok((Self { path: path.to_path_buf(), reader: Reader::Safetensors(st) }, keys));
+            return Ok((
+                Self {
+                    path: path.to_path_buf(),
+                    reader: Reader::Safetensors(st),
+                },
+                keys,
+            ));
         }
         let mut pth = PthTensors::new(path, None).map_err(|e| bad(e.to_string()))?;
         if pth.tensor_infos().is_empty() {
@@ -63,13 +75,24 @@ impl WeightFile {
             .iter()
             .map(|(name, info)| (name.clone(), info.layout.shape().dims().to_vec()))
             .collect();
-        Ok((Self { path: path.to_path_buf(), reader: Reader::Pth(pth) }, keys))
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                reader: Reader::Pth(pth),
+            },
+            keys,
+        ))
     }
 
     fn load(&self, key: &str) -> Result<Tensor> {
-        let bad = |message: String| LoadError::BadFile { file: self.path.clone(), message };
+        let bad = |message: String| LoadError::BadFile {
+            file: self.path.clone(),
+            message,
+        };
         let tensor = match &self.reader {
-            Reader::Safetensors(st) => st.load(key, &Device::Cpu).map_err(|e| bad(e.to_string()))?,
+            Reader::Safetensors(st) => {
+                st.load(key, &Device::Cpu).map_err(|e| bad(e.to_string()))?
+            }
             Reader::Pth(pth) => pth
                 .get(key)
                 .map_err(|e| bad(format!("{key}: {e}")))?
@@ -128,20 +151,29 @@ impl TensorStore {
     }
 
     pub fn file_of(&self, key: &str) -> Option<&Path> {
-        self.location.get(key).map(|(i, _)| self.files[*i].path.as_path())
+        self.location
+            .get(key)
+            .map(|(i, _)| self.files[*i].path.as_path())
     }
 
     fn describe_files(&self) -> String {
-        let names: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
         names.join(", ")
     }
 
     /// The tensor in its stored dtype, on the CPU.
     pub fn load(&self, key: &str) -> Result<Tensor> {
-        let (file, _) = self.location.get(key).ok_or_else(|| LoadError::MissingTensor {
-            key: key.to_string(),
-            files: self.describe_files(),
-        })?;
+        let (file, _) = self
+            .location
+            .get(key)
+            .ok_or_else(|| LoadError::MissingTensor {
+                key: key.to_string(),
+                files: self.describe_files(),
+            })?;
         self.files[*file].load(key)
     }
 
@@ -166,13 +198,20 @@ impl TensorStore {
 
 /// Weight files of a HF folder, preferring safetensors, following the shard index if any.
 pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    for index in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
+    for index in [
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    ] {
         let path = dir.join(index);
         if path.is_file() {
             let parsed: serde_json::Value = crate::config::read_json(&path)?;
-            let map = parsed.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                LoadError::BadFile { file: path.clone(), message: "no `weight_map` object".into() }
-            })?;
+            let map = parsed
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LoadError::BadFile {
+                    file: path.clone(),
+                    message: "no `weight_map` object".into(),
+                })?;
             let mut files: Vec<PathBuf> = map
                 .values()
                 .filter_map(|v| v.as_str())
@@ -223,7 +262,11 @@ impl StoreBackend {
         device: &Device,
         first_error: Arc<Mutex<Option<LoadError>>>,
     ) -> VarBuilder<'static> {
-        let backend = Self { store, layout, first_error };
+        let backend = Self {
+            store,
+            layout,
+            first_error,
+        };
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
@@ -248,7 +291,10 @@ impl StoreBackend {
             KeyLayout::HfClipAsOpenClip => match hf_clip_keys(name) {
                 HfKey::One(key) => self.store.load(&key),
                 HfKey::Concat(keys) => {
-                    let parts = keys.iter().map(|k| self.store.load(k)).collect::<Result<Vec<_>>>()?;
+                    let parts = keys
+                        .iter()
+                        .map(|k| self.store.load(k))
+                        .collect::<Result<Vec<_>>>()?;
                     Ok(Tensor::cat(&parts, 0)?)
                 }
             },
@@ -317,8 +363,16 @@ pub struct RandomWeights {
 }
 
 impl SimpleBackend for RandomWeights {
-    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let is_norm_scale = shape.rank() == 1 && name.ends_with("weight");
         let t = if is_norm_scale {
             Tensor::ones(shape, DType::F32, dev)?
@@ -401,8 +455,10 @@ mod tests {
     #[test]
     fn xattn_keys_have_an_alias() {
         assert_eq!(
-            alternate_xattn_key("lang_encoder.model.layers.3.gated_cross_attn_layer.attn.to_q.weight")
-                .as_deref(),
+            alternate_xattn_key(
+                "lang_encoder.model.layers.3.gated_cross_attn_layer.attn.to_q.weight"
+            )
+            .as_deref(),
             Some("lang_encoder.gated_cross_attn_layers.3.attn.to_q.weight")
         );
         assert_eq!(alternate_xattn_key("perceiver.latents"), None);

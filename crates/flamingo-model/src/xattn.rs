@@ -84,7 +84,11 @@ impl GatedCrossAttention {
             for r in rows {
                 let inner = self.heads * self.dim_head;
                 match r.media.filter(|_| sees_image(r)) {
-                    Some(media) => parts.push(self.attend(&q.narrow(0, r.start, r.len)?, r.media_time, media)?),
+                    Some(media) => parts.push(self.attend(
+                        &q.narrow(0, r.start, r.len)?,
+                        r.media_time,
+                        media,
+                    )?),
                     None => parts.push(Tensor::zeros((r.len, inner), x.dtype(), x.device())?),
                 }
             }

@@ -29,9 +29,15 @@ fn requests(f: &Fixture, case: &Value) -> Vec<(Vec<u32>, Option<Tensor>)> {
         .map(|(p, imgs)| {
             let tokens = f.tokenizer.encode(p).unwrap();
             let latents = tokens.contains(&f.model.image_token_id()).then(|| {
-                let px: Vec<Tensor> =
-                    imgs.as_array().unwrap().iter().map(|n| reference_pixels(n.as_str().unwrap())).collect();
-                f.model.encode_images(&Tensor::cat(&px, 0).unwrap()).unwrap()
+                let px: Vec<Tensor> = imgs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| reference_pixels(n.as_str().unwrap()))
+                    .collect();
+                f.model
+                    .encode_images(&Tensor::cat(&px, 0).unwrap())
+                    .unwrap()
             });
             (tokens, latents)
         })
@@ -39,7 +45,11 @@ fn requests(f: &Fixture, case: &Value) -> Vec<(Vec<u32>, Option<Tensor>)> {
 }
 
 fn golden_case<'a>(goldens: &'a Value, name: &str) -> Option<&'a Value> {
-    goldens["cases"].as_array().unwrap().iter().find(|c| c["name"] == name)
+    goldens["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
 }
 
 type Outputs = HashMap<(String, usize), Vec<Vec<u32>>>;
@@ -47,10 +57,16 @@ type Outputs = HashMap<(String, usize), Vec<Vec<u32>>>;
 /// Runs every case's rows through one engine, each joining while earlier ones are decoding,
 /// and collects the generated tokens (beam search: every returned hypothesis, best first).
 fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &Value) -> Outputs {
-    let model = Arc::new(flamingo_model::Flamingo::load(
-        &flamingo_model::ModelPaths::from_dir(&fixture_dir()).unwrap(),
-        &flamingo_model::LoadOptions { media_rule: Some(f.model.config().media_rule), ..Default::default() },
-    ).unwrap());
+    let model = Arc::new(
+        flamingo_model::Flamingo::load(
+            &flamingo_model::ModelPaths::from_dir(&fixture_dir()).unwrap(),
+            &flamingo_model::LoadOptions {
+                media_rule: Some(f.model.config().media_rule),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
     let mut engine = Engine::new(model);
     let mut owner: HashMap<SeqId, (String, usize)> = HashMap::new();
     let mut streamed: HashMap<SeqId, Vec<u32>> = HashMap::new();
@@ -59,11 +75,16 @@ fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &
         for e in events {
             match e {
                 Event::Token { seq, token } => streamed.entry(seq).or_default().push(token.id),
-                Event::Finished { seq, hypotheses, .. } => {
+                Event::Finished {
+                    seq, hypotheses, ..
+                } => {
                     let out = if hypotheses.is_empty() {
                         vec![streamed.remove(&seq).unwrap()]
                     } else {
-                        hypotheses.iter().map(|h| h.tokens.iter().map(|t| t.id).collect()).collect()
+                        hypotheses
+                            .iter()
+                            .map(|h| h.tokens.iter().map(|t| t.id).collect())
+                            .collect()
                     };
                     results.insert(owner[&seq].clone(), out);
                 }
@@ -71,8 +92,17 @@ fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &
         }
     };
     for &name in cases {
-        for (row, (tokens, images)) in requests(f, golden_case(goldens, name).unwrap()).into_iter().enumerate() {
-            let id = engine.add(SequenceRequest { tokens, images, params: params.clone() }).unwrap();
+        for (row, (tokens, images)) in requests(f, golden_case(goldens, name).unwrap())
+            .into_iter()
+            .enumerate()
+        {
+            let id = engine
+                .add(SequenceRequest {
+                    tokens,
+                    images,
+                    params: params.clone(),
+                })
+                .unwrap();
             owner.insert(id, (name.to_string(), row));
             let events = engine.step().unwrap();
             drain(events, &owner);
@@ -86,11 +116,19 @@ fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &
 }
 
 fn greedy_params(f: &Fixture) -> GenerationParams {
-    GenerationParams { max_new_tokens: 8, stop_tokens: vec![f.tokenizer.end_of_chunk_id], ..Default::default() }
+    GenerationParams {
+        max_new_tokens: 8,
+        stop_tokens: vec![f.tokenizer.end_of_chunk_id],
+        ..Default::default()
+    }
 }
 
 fn beam_params(f: &Fixture) -> GenerationParams {
-    GenerationParams { num_beams: 3, length_penalty: -2.0, ..greedy_params(f) }
+    GenerationParams {
+        num_beams: 3,
+        length_penalty: -2.0,
+        ..greedy_params(f)
+    }
 }
 
 fn expected_rows(v: &Value) -> Vec<Vec<u32>> {
@@ -102,9 +140,14 @@ fn check_greedy(rule: MediaRule) {
     let v1 = load(MediaRule::NextImage).goldens;
     let out = run_engine(&f, &greedy_params(&f), &CASES, &v1);
     for name in CASES {
-        let expected = expected_rows(&golden_case(&f.goldens, name).unwrap()["greedy"]["new_token_ids"]);
+        let expected =
+            expected_rows(&golden_case(&f.goldens, name).unwrap()["greedy"]["new_token_ids"]);
         for (row, exp) in expected.iter().enumerate() {
-            assert_eq!(&out[&(name.to_string(), row)][0], exp, "{rule:?} {name} row {row} greedy tokens");
+            assert_eq!(
+                &out[&(name.to_string(), row)][0],
+                exp,
+                "{rule:?} {name} row {row} greedy tokens"
+            );
         }
     }
 }
@@ -112,16 +155,22 @@ fn check_greedy(rule: MediaRule) {
 fn check_beams(rule: MediaRule) {
     let f = load(rule);
     let v1 = load(MediaRule::NextImage).goldens;
-    let with_beams: Vec<&str> =
-        CASES.iter().copied().filter(|n| golden_case(&f.goldens, n).is_some_and(|c| c.get("beam").is_some())).collect();
+    let with_beams: Vec<&str> = CASES
+        .iter()
+        .copied()
+        .filter(|n| golden_case(&f.goldens, n).is_some_and(|c| c.get("beam").is_some()))
+        .collect();
     assert!(!with_beams.is_empty());
     let out = run_engine(&f, &beam_params(&f), &with_beams, &v1);
     for name in with_beams {
         let beam = &golden_case(&f.goldens, name).unwrap()["beam"];
         let expected: Vec<Vec<u32>> = match beam["new_token_ids"].as_array().unwrap()[0] {
-            Value::Array(ref a) if a.first().is_some_and(Value::is_array) => {
-                beam["new_token_ids"].as_array().unwrap().iter().flat_map(expected_rows).collect()
-            }
+            Value::Array(ref a) if a.first().is_some_and(Value::is_array) => beam["new_token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(expected_rows)
+                .collect(),
             _ => expected_rows(&beam["new_token_ids"]),
         };
         let per_row = beam["num_return_sequences"].as_u64().unwrap() as usize;
@@ -130,7 +179,10 @@ fn check_beams(rule: MediaRule) {
             for (rank, e) in exp.iter().enumerate() {
                 // The reference pads finished hypotheses with pad id 0 after the stop token.
                 let e: Vec<u32> = trim_after_stop(e, f.tokenizer.end_of_chunk_id);
-                assert_eq!(&ours[rank], &e, "{rule:?} {name} row {row} beam rank {rank}");
+                assert_eq!(
+                    &ours[rank], &e,
+                    "{rule:?} {name} row {row} beam rank {rank}"
+                );
             }
         }
     }
@@ -175,15 +227,33 @@ fn kv_cache_decode_logits_match_reference() {
             let mut state = f.model.new_sequence(images.as_ref()).unwrap();
             let steps = golden.dim(1).unwrap();
             let mut feed = tokens.clone();
-            let mut time = prompt_media_time(MediaRule::NextImage, &tokens, f.model.image_token_id());
+            let mut time =
+                prompt_media_time(MediaRule::NextImage, &tokens, f.model.image_token_id());
             for step in 0..steps {
-                let mut input = [PackedInput { state: &mut state, tokens: &feed, media_time: &time }];
-                let logits = f.model.forward(&mut input, LogitsFor::LastToken, None).unwrap().i(0).unwrap();
+                let mut input = [PackedInput {
+                    state: &mut state,
+                    tokens: &feed,
+                    media_time: &time,
+                }];
+                let logits = f
+                    .model
+                    .forward(&mut input, LogitsFor::LastToken, None)
+                    .unwrap()
+                    .i(0)
+                    .unwrap();
                 let diff = max_abs_diff(&logits, &golden.i((row, step)).unwrap());
-                assert!(diff <= 1e-4, "{name} row {row} step {step}: logits differ by {diff}");
+                assert!(
+                    diff <= 1e-4,
+                    "{name} row {row} step {step}: logits differ by {diff}"
+                );
                 let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
                 feed = vec![next];
-                time = vec![generated_media_time(MediaRule::NextImage, next, f.model.image_token_id(), state.num_images())];
+                time = vec![generated_media_time(
+                    MediaRule::NextImage,
+                    next,
+                    f.model.image_token_id(),
+                    state.num_images(),
+                )];
             }
         }
     }

@@ -13,7 +13,12 @@ const TOL: f32 = 1e-4;
 fn vision_tokens_match() {
     let f = load(MediaRule::NextImage);
     for name in ["gradient", "checker", "stripes", "rings"] {
-        let ours = f.model.vision_tokens(&reference_pixels(name)).unwrap().squeeze(0).unwrap();
+        let ours = f
+            .model
+            .vision_tokens(&reference_pixels(name))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let diff = max_abs_diff(&ours, &f.tensors[&format!("vision_tokens.{name}")]);
         assert!(diff <= TOL, "{name}: vision tokens differ by {diff}");
     }
@@ -29,11 +34,23 @@ fn rows(f: &Fixture, case: &serde_json::Value) -> Vec<(Vec<u32>, Option<Tensor>)
         .zip(masks)
         .zip(images)
         .map(|((ids_row, mask), imgs)| {
-            let tokens: Vec<u32> = ids(ids_row).into_iter().zip(ids(mask)).filter(|&(_, m)| m == 1).map(|(t, _)| t).collect();
+            let tokens: Vec<u32> = ids(ids_row)
+                .into_iter()
+                .zip(ids(mask))
+                .filter(|&(_, m)| m == 1)
+                .map(|(t, _)| t)
+                .collect();
             let has_image = tokens.contains(&f.model.image_token_id());
             let latents = has_image.then(|| {
-                let pixels: Vec<Tensor> = imgs.as_array().unwrap().iter().map(|n| reference_pixels(n.as_str().unwrap())).collect();
-                f.model.encode_images(&Tensor::cat(&pixels, 0).unwrap()).unwrap()
+                let pixels: Vec<Tensor> = imgs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| reference_pixels(n.as_str().unwrap()))
+                    .collect();
+                f.model
+                    .encode_images(&Tensor::cat(&pixels, 0).unwrap())
+                    .unwrap()
             });
             (tokens, latents)
         })
@@ -47,14 +64,23 @@ fn tokenizer_matches_reference_ids() {
         let case = case(&f.goldens, name);
         let prompts: Vec<String> = match &case["prompt"] {
             serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a.iter().map(|p| p.as_str().unwrap().to_string()).collect(),
+            serde_json::Value::Array(a) => {
+                a.iter().map(|p| p.as_str().unwrap().to_string()).collect()
+            }
             _ => unreachable!(),
         };
-        let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| f.tokenizer.encode(p).unwrap()).collect();
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| f.tokenizer.encode(p).unwrap())
+            .collect();
         let (padded, masks) = f.tokenizer.left_pad(&encoded);
         for (row, (p, m)) in padded.iter().zip(&masks).enumerate() {
             assert_eq!(p, &ids(&case["input_ids"][row]), "{name} row {row} ids");
-            assert_eq!(m, &ids(&case["attention_mask"][row]), "{name} row {row} mask");
+            assert_eq!(
+                m,
+                &ids(&case["attention_mask"][row]),
+                "{name} row {row} mask"
+            );
         }
     }
 }
@@ -70,11 +96,21 @@ fn media_times_match_reference() {
             // Pads are stripped before the model runs, so compare the real tokens.
             let mask = ids(&case["attention_mask"][row]);
             let expected = ids(&case["v1_attended_image_index"][row]);
-            let real = |v: &[u32]| v.iter().zip(&mask).filter(|(_, &m)| m == 1).map(|(x, _)| *x).collect::<Vec<_>>();
+            let real = |v: &[u32]| {
+                v.iter()
+                    .zip(&mask)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(x, _)| *x)
+                    .collect::<Vec<_>>()
+            };
             if mask.iter().all(|&m| m == 1) {
                 assert_eq!(ours, expected, "{name} row {row}");
             } else {
-                let stripped = prompt_media_time(MediaRule::NextImage, &real(&tokens), f.model.image_token_id());
+                let stripped = prompt_media_time(
+                    MediaRule::NextImage,
+                    &real(&tokens),
+                    f.model.image_token_id(),
+                );
                 assert_eq!(stripped, real(&expected), "{name} row {row}");
             }
         }
@@ -88,7 +124,12 @@ fn check_forward(rule: MediaRule) {
     for name in CASES {
         let case = case(&f.goldens, name);
         let rows = rows(&f, case);
-        let masks: Vec<Vec<u32>> = case["attention_mask"].as_array().unwrap().iter().map(ids).collect();
+        let masks: Vec<Vec<u32>> = case["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
         // Perceiver output [B, T_img, 1, n, W].
         let golden_perceiver = &f.tensors[&format!("{name}.perceiver_out")];
         for (b, (_, latents)) in rows.iter().enumerate() {
@@ -97,21 +138,38 @@ fn check_forward(rule: MediaRule) {
                 assert!(diff <= TOL, "{name} row {b}: perceiver differs by {diff}");
             }
         }
-        let mut states: Vec<_> = rows.iter().map(|(_, l)| f.model.new_sequence(l.as_ref()).unwrap()).collect();
-        let times: Vec<Vec<u32>> =
-            rows.iter().map(|(t, _)| prompt_media_time(rule, t, f.model.image_token_id())).collect();
+        let mut states: Vec<_> = rows
+            .iter()
+            .map(|(_, l)| f.model.new_sequence(l.as_ref()).unwrap())
+            .collect();
+        let times: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|(t, _)| prompt_media_time(rule, t, f.model.image_token_id()))
+            .collect();
         let mut inputs: Vec<PackedInput> = states
             .iter_mut()
             .zip(&rows)
             .zip(&times)
-            .map(|((state, (tokens, _)), time)| PackedInput { state, tokens, media_time: time })
+            .map(|((state, (tokens, _)), time)| PackedInput {
+                state,
+                tokens,
+                media_time: time,
+            })
             .collect();
         let mut trace = Trace::default();
-        let logits = f.model.forward(&mut inputs, LogitsFor::AllTokens, Some(&mut trace)).unwrap();
+        let logits = f
+            .model
+            .forward(&mut inputs, LogitsFor::AllTokens, Some(&mut trace))
+            .unwrap();
         let compare = |packed: &Tensor, golden: &Tensor, what: &str| {
             let mut start = 0;
             for (b, mask) in masks.iter().enumerate() {
-                let real: Vec<usize> = mask.iter().enumerate().filter(|(_, &m)| m == 1).map(|(i, _)| i).collect();
+                let real: Vec<usize> = mask
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(i, _)| i)
+                    .collect();
                 let n = real.len();
                 let ours = packed.narrow(0, start, n).unwrap();
                 let theirs = golden.i(b).unwrap().narrow(0, real[0], n).unwrap();
@@ -121,20 +179,36 @@ fn check_forward(rule: MediaRule) {
             }
         };
         for (layer, x) in &trace.after_xattn {
-            compare(x, &f.tensors[&format!("{name}.after_xattn_layer{layer}")], &format!("after xattn {layer}"));
+            compare(
+                x,
+                &f.tensors[&format!("{name}.after_xattn_layer{layer}")],
+                &format!("after xattn {layer}"),
+            );
         }
         let layers = trace.hidden_states.len() - 1;
         for (i, h) in trace.hidden_states.iter().enumerate().take(layers) {
-            compare(h, &f.tensors[&format!("{name}.hidden_states.{i}")], &format!("hidden state {i}"));
+            compare(
+                h,
+                &f.tensors[&format!("{name}.hidden_states.{i}")],
+                &format!("hidden state {i}"),
+            );
         }
         compare(&logits, &f.tensors[&format!("{name}.logits_all")], "logits");
         // logits_last in the json (the padded case: with generate's cumsum positions).
-        let key = if masks.iter().any(|m| m.contains(&0)) { "logits_last_mask_positions" } else { "logits_last" };
+        let key = if masks.iter().any(|m| m.contains(&0)) {
+            "logits_last_mask_positions"
+        } else {
+            "logits_last"
+        };
         let mut end = 0;
         for (b, (tokens, _)) in rows.iter().enumerate() {
             end += tokens.len();
-            let expected: Vec<f32> =
-                case[key][b].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let expected: Vec<f32> = case[key][b]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
             let expected = Tensor::new(expected.as_slice(), &candle_core::Device::Cpu).unwrap();
             let diff = max_abs_diff(&logits.i(end - 1).unwrap(), &expected);
             assert!(diff <= TOL, "{name} row {b}: last logits differ by {diff}");

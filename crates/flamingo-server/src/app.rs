@@ -35,7 +35,9 @@ pub fn resolve(path: &Path) -> PathBuf {
     if path.is_absolute() || path.exists() {
         return path.to_path_buf();
     }
-    let from_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let from_checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     if from_checkout.exists() {
         from_checkout
     } else {
@@ -54,7 +56,9 @@ pub fn model_paths(cfg: &Config) -> Result<ModelPaths, String> {
             ModelPaths {
                 tokenizer: llama.join("tokenizer.json"),
                 llama_dir: llama,
-                vision: VisionWeights::HfClip { dir: PathBuf::new() },
+                vision: VisionWeights::HfClip {
+                    dir: PathBuf::new(),
+                },
                 checkpoint: resolve(m.checkpoint.as_ref().expect("checked")),
                 flamingo_config: None,
             }
@@ -66,7 +70,8 @@ pub fn model_paths(cfg: &Config) -> Result<ModelPaths, String> {
         paths.tokenizer = paths.llama_dir.join("tokenizer.json");
     }
     if let Some(v) = &m.vision_weights {
-        paths.vision = flamingo_model::paths::open_clip_in(&resolve(v)).map_err(|e| e.to_string())?;
+        paths.vision =
+            flamingo_model::paths::open_clip_in(&resolve(v)).map_err(|e| e.to_string())?;
     }
     if let Some(v) = &m.vision_hf_dir {
         paths.vision = VisionWeights::HfClip { dir: resolve(v) };
@@ -96,25 +101,43 @@ fn load_options(cfg: &Config) -> Result<(LoadOptions, Option<Quantization>), Str
     let device = match m.device.as_str() {
         "cpu" => Device::Cpu,
         d => {
-            let ordinal = d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
+            let ordinal = d
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             Device::new_cuda(ordinal).map_err(|e| format!("model.device = {d}: {e}"))?
         }
     };
-    let media_rule = if m.media_rule == "previous_image" { MediaRule::PreviousImage } else { MediaRule::NextImage };
+    let media_rule = if m.media_rule == "previous_image" {
+        MediaRule::PreviousImage
+    } else {
+        MediaRule::NextImage
+    };
     let quant = match m.quantization.as_str() {
         "q8_0" => Some(Quantization::Q8_0),
         "q4k" => Some(Quantization::Q4K),
         _ => None,
     };
-    Ok((LoadOptions { dtype, device, media_rule: Some(media_rule) }, quant))
+    Ok((
+        LoadOptions {
+            dtype,
+            device,
+            media_rule: Some(media_rule),
+        },
+        quant,
+    ))
 }
 
 /// Loads the model and starts the worker; the state every route shares.
-pub fn build_state(cfg: Config, prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Result<AppState, String> {
+pub fn build_state(
+    cfg: Config,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<AppState, String> {
     let paths = model_paths(&cfg)?;
     let (opts, quant) = load_options(&cfg)?;
     let started = Instant::now();
-    let model = Flamingo::load_with(&paths, &opts, quant).map_err(|e| format!("loading the model: {e}"))?;
+    let model =
+        Flamingo::load_with(&paths, &opts, quant).map_err(|e| format!("loading the model: {e}"))?;
     let tokenizer = FlamingoTokenizer::from_file(&paths.tokenizer).map_err(|e| e.to_string())?;
     tracing::info!(
         llama = %paths.llama_dir.display(),
@@ -151,7 +174,9 @@ pub fn build_state(cfg: Config, prometheus: Option<metrics_exporter_prometheus::
         "version": env!("CARGO_PKG_VERSION"),
     });
     let ctx = Context {
-        tokenizer: Arc::new(FlamingoTokenizer::from_file(&paths.tokenizer).map_err(|e| e.to_string())?),
+        tokenizer: Arc::new(
+            FlamingoTokenizer::from_file(&paths.tokenizer).map_err(|e| e.to_string())?,
+        ),
         limits: cfg.limits.clone(),
         max_positions: model.max_positions(),
         vocab_size: mc.vocab_size(),
@@ -192,7 +217,10 @@ async fn require_api_key(State(s): State<AppState>, req: Request<Body>, next: Ne
     if given.is_some_and(|k| keys.iter().any(|key| key == k)) {
         return next.run(req).await;
     }
-    let mut e = ApiError::new(ErrorKind::Unauthorized, "missing or invalid API key (Authorization: Bearer <key>)");
+    let mut e = ApiError::new(
+        ErrorKind::Unauthorized,
+        "missing or invalid API key (Authorization: Bearer <key>)",
+    );
     if req.uri().path().starts_with("/v1/") {
         e = e.openai();
     }
@@ -200,12 +228,18 @@ async fn require_api_key(State(s): State<AppState>, req: Request<Body>, next: Ne
 }
 
 async fn record_metrics(req: Request<Body>, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("flamingo_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("flamingo_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::counter!("flamingo_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("flamingo_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -222,8 +256,16 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("x-request-id")])
-            .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id"), HeaderName::from_static("server-timing")]),
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("server-timing"),
+            ]),
     )
 }
 
@@ -231,7 +273,10 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut router = routes::router()
         .fallback(routes::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .route_layer(middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(state.cfg.server.max_body_bytes))
         .with_state(state.clone());

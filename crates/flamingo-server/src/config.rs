@@ -1,33 +1,23 @@
-//! Server configuration: `config/default.toml` layout, overridden by `FLAMINGO_<SECTION>_<KEY>`
-//! environment variables, then by CLI flags. Unknown keys and invalid values stop startup.
+//! Server configuration: the layout of `config/default.toml`, overridden by
+//! `FLAMINGO_<SECTION>_<KEY>` environment variables, then by CLI flags (in `main.rs`).
+//! Unknown keys in a file and invalid values stop startup with a message naming them.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::filter::FilterConfig;
+use crate::filter::{FilterConfig, FilterMode, Severity};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub model: ModelConfig,
     pub limits: Limits,
-    pub filter: FilterConfig,
+    pub filter: FilterSection,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            model: ModelConfig::default(),
-            limits: Limits::default(),
-            filter: FilterConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub host: String,
@@ -40,14 +30,16 @@ pub struct ServerConfig {
     pub log_format: String,
     /// Bearer keys accepted on the API routes; empty = no authentication.
     pub api_keys: Vec<String>,
-    /// Origins allowed by CORS (`*` for any); empty = same-origin only.
+    /// Origins allowed by CORS (`*` for any); empty = no CORS headers (same origin only).
     pub cors_origins: Vec<String>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
-    /// Seconds suggested in `Retry-After` when the queue is full.
+    /// Seconds suggested in `Retry-After` on 429 and 503.
     pub retry_after_s: u64,
-    /// Fetch http(s) image URLs. Not supported: such URLs are refused with 422.
+    /// Fetching http(s) image URLs. Not supported yet: must stay false (such URLs get 422).
     pub allow_image_urls: bool,
+    /// Hosts that could be fetched once fetching exists. Not supported yet: must stay empty.
+    pub image_url_allowlist: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -63,16 +55,17 @@ impl Default for ServerConfig {
             max_body_bytes: 25 * 1024 * 1024,
             retry_after_s: 1,
             allow_image_urls: false,
+            image_url_allowlist: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// A folder laid out like the fixture (llama/, vision/ or vision_hf/, checkpoint.pt).
     pub dir: PathBuf,
-    /// Separate paths; each one set overrides the folder's.
+    /// Separate paths; each one set overrides the folder's part.
     pub llama_dir: Option<PathBuf>,
     pub vision_weights: Option<PathBuf>,
     pub vision_hf_dir: Option<PathBuf>,
@@ -83,18 +76,20 @@ pub struct ModelConfig {
     pub id: String,
     /// `f32`, `f16` or `bf16`.
     pub dtype: String,
-    /// `cpu` or `cuda` / `cuda:N` (needs the `cuda` build feature).
+    /// `cpu`, `cuda` or `cuda:N` (needs the `cuda` build feature).
     pub device: String,
     /// `next_image` (v1 release semantics) or `previous_image` (v2).
     pub media_rule: String,
-    /// `none`, `q8_0` or `q4k`: quantize the LLaMA projections, xattn feed-forwards and lm_head.
+    /// `none`, `q8_0` or `q4k`.
     pub quantization: String,
 }
+
+pub const DEFAULT_MODEL_DIR: &str = "tests/fixtures/tiny-openflamingo";
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::from("tests/fixtures/tiny-openflamingo"),
+            dir: PathBuf::from(DEFAULT_MODEL_DIR),
             llama_dir: None,
             vision_weights: None,
             vision_hf_dir: None,
@@ -110,17 +105,19 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Sequences decoded together in one step.
+    /// Rows decoded together in one step (a beam search takes one row per beam).
     pub max_batch_size: usize,
-    /// Tokens processed in one step (prompts being prefilled + one per decoding sequence).
+    /// Tokens processed in one step (prompts being prefilled + one per decoding row).
     pub max_batch_tokens: usize,
-    /// Requests waiting for the batch; more get 429.
+    /// Requests waiting to join the batch; more get 429.
     pub max_queue: usize,
     pub max_input_tokens: usize,
     pub max_new_tokens: usize,
+    /// `max_new_tokens` when a request does not say (clamped to the context left).
+    pub default_max_new_tokens: usize,
     pub max_images: usize,
     pub max_image_bytes: usize,
     pub max_image_side: u32,
@@ -139,6 +136,7 @@ impl Default for Limits {
             max_queue: 128,
             max_input_tokens: 1024,
             max_new_tokens: 512,
+            default_max_new_tokens: 20,
             max_images: 16,
             max_image_bytes: 20 * 1024 * 1024,
             max_image_side: 8192,
@@ -147,6 +145,28 @@ impl Default for Limits {
             max_stop_sequences: 4,
             image_cache_entries: 256,
         }
+    }
+}
+
+/// `[filter]`; mirrors [`FilterConfig`] so that unknown keys are refused here too.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    pub mode: FilterMode,
+    pub threshold: Severity,
+    pub allowlist: bool,
+}
+
+impl Default for FilterSection {
+    fn default() -> Self {
+        let d = FilterConfig::default();
+        Self { mode: d.mode, threshold: d.threshold, allowlist: d.allowlist }
+    }
+}
+
+impl FilterSection {
+    pub fn to_filter_config(&self) -> FilterConfig {
+        FilterConfig { mode: self.mode, threshold: self.threshold, allowlist: self.allowlist }
     }
 }
 
@@ -160,30 +180,42 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// A loaded configuration plus what was ignored on the way (logged once tracing is up).
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+const SECTIONS: [&str; 4] = ["server", "model", "limits", "filter"];
+/// Keys whose default is `None` (absent from the serialised defaults); all are paths.
+const OPTIONAL_PATH_KEYS: [&str; 6] =
+    ["llama_dir", "vision_weights", "vision_hf_dir", "checkpoint", "flamingo_config", "tokenizer"];
+/// `FLAMINGO_*` variables that are not configuration keys.
+const NOT_CONFIG_VARS: [&str; 1] = ["FLAMINGO_CONFIG"];
+
 impl Config {
-    /// File (if any), then `FLAMINGO_*` environment overrides, then validation.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = match path {
+    /// File (if any), then `FLAMINGO_*` environment overrides. Call [`Config::validate`] after the
+    /// CLI flags are applied.
+    pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+        let (mut table, origin) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::File { path: p.to_path_buf(), message: e.to_string() })?;
-                text.parse().map_err(|e: toml::de::Error| ConfigError::File { path: p.to_path_buf(), message: e.to_string() })?
+                let file_err = |message: String| ConfigError::File { path: p.to_path_buf(), message };
+                let text = std::fs::read_to_string(p).map_err(|e| file_err(e.to_string()))?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+                // Checked before the environment is merged, so the message blames the file.
+                Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| file_err(e.to_string()))?;
+                (table, p.display().to_string())
             }
-            None => toml::Table::new(),
+            None => (toml::Table::new(), "<defaults>".to_string()),
         };
-        apply_env(&mut table, std::env::vars())?;
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::File {
-                path: path.map(Path::to_path_buf).unwrap_or_else(|| "<defaults + environment>".into()),
-                message: e.to_string(),
-            })?;
-        cfg.validate()?;
-        Ok(cfg)
+        let warnings = apply_env(&mut table, env)?;
+        let config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::File { path: format!("{origin} + FLAMINGO_* environment").into(), message: e.to_string() })?;
+        Ok(Loaded { config, warnings })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
+        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_batch_size", l.max_batch_size),
@@ -191,98 +223,238 @@ impl Config {
             ("limits.max_queue", l.max_queue),
             ("limits.max_input_tokens", l.max_input_tokens),
             ("limits.max_new_tokens", l.max_new_tokens),
+            ("limits.default_max_new_tokens", l.default_max_new_tokens),
             ("limits.max_beams", l.max_beams),
+            ("limits.max_image_bytes", l.max_image_bytes),
         ] {
             if v == 0 {
-                return bad(key, "must be at least 1");
+                return bad(key, "must be at least 1".into());
             }
         }
-        if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
-            return bad("model.dtype", "expected f32, f16 or bf16");
+        if l.default_max_new_tokens > l.max_new_tokens {
+            return bad("limits.default_max_new_tokens", format!("must not exceed limits.max_new_tokens ({})", l.max_new_tokens));
         }
-        if !(self.model.device == "cpu" || self.model.device.starts_with("cuda")) {
-            return bad("model.device", "expected cpu, cuda or cuda:N");
+        if l.max_beams > l.max_batch_size {
+            return bad("limits.max_beams", format!("must not exceed limits.max_batch_size ({})", l.max_batch_size));
         }
-        if !["next_image", "previous_image"].contains(&self.model.media_rule.as_str()) {
-            return bad("model.media_rule", "expected next_image or previous_image");
+        if l.max_image_side == 0 || l.max_image_pixels == 0 {
+            return bad("limits.max_image_side / limits.max_image_pixels", "must be at least 1".into());
         }
-        if !["none", "q8_0", "q4k"].contains(&self.model.quantization.as_str()) {
-            return bad("model.quantization", "expected none, q8_0 or q4k");
+        let one_of = |key: &str, v: &str, allowed: &[&str]| {
+            if allowed.contains(&v) {
+                Ok(())
+            } else {
+                bad(key, format!("`{v}`; expected one of {}", allowed.join(", ")))
+            }
+        };
+        one_of("model.dtype", &self.model.dtype, &["f32", "f16", "bf16"])?;
+        one_of("model.media_rule", &self.model.media_rule, &["next_image", "previous_image"])?;
+        one_of("model.quantization", &self.model.quantization, &["none", "q8_0", "q4k"])?;
+        one_of("server.log_format", &self.server.log_format, &["text", "json"])?;
+        let device = self.model.device.as_str();
+        let device_ok = device == "cpu"
+            || device == "cuda"
+            || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            return bad("model.device", format!("`{device}`; expected cpu, cuda or cuda:N"));
         }
-        if !["text", "json"].contains(&self.server.log_format.as_str()) {
-            return bad("server.log_format", "expected text or json");
+        if self.model.id.trim().is_empty() {
+            return bad("model.id", "must not be empty".into());
         }
-        if self.server.max_body_bytes < 1024 {
-            return bad("server.max_body_bytes", "must be at least 1024");
+        let s = &self.server;
+        if s.host.trim().is_empty() {
+            return bad("server.host", "must not be empty".into());
         }
-        if self.server.allow_image_urls {
-            return bad("server.allow_image_urls", "fetching image URLs is not supported by this build");
+        if s.request_timeout_s == 0 {
+            return bad("server.request_timeout_s", "must be at least 1".into());
+        }
+        if s.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024".into());
+        }
+        if s.api_keys.iter().any(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
+            return bad("server.api_keys", "keys must be non-empty and contain no whitespace".into());
+        }
+        for o in &s.cors_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return bad("server.cors_origins", format!("`{o}`: expected \"*\" or an origin like https://demo.example.com"));
+            }
+            if axum::http::HeaderValue::from_str(o).is_err() {
+                return bad("server.cors_origins", format!("`{o}` is not a valid header value"));
+            }
+        }
+        if s.allow_image_urls || !s.image_url_allowlist.is_empty() {
+            return bad(
+                "server.allow_image_urls",
+                "fetching http(s) image URLs is not supported by this version; send images as base64 or data: URLs".into(),
+            );
         }
         Ok(())
     }
+
+    /// The effective configuration as TOML (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
 }
 
-/// `FLAMINGO_LIMITS_MAX_QUEUE=4` sets `limits.max_queue`. Values parse as TOML when they can
-/// (numbers, booleans, arrays), else are taken as strings.
-fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 4] = ["server", "model", "limits", "filter"];
-    for (var, value) in vars {
-        let Some(rest) = var.strip_prefix("FLAMINGO_") else { continue };
-        let lower = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_"))) else {
+/// `FLAMINGO_LIMITS_MAX_QUEUE=4` sets `limits.max_queue`. The value is read with the type of the
+/// key's default (numbers, booleans; arrays as TOML arrays or comma-separated lists). A variable
+/// that names no key is reported back as a warning rather than refused: the environment is shared
+/// with other tools (`FLAMINGO_SERVER_BIN` is the browser test's), and a file is where typos stop
+/// startup.
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<Vec<String>, ConfigError> {
+    let defaults = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let mut warnings = Vec::new();
+    let mut vars: Vec<(String, String)> = vars.filter(|(k, _)| k.starts_with("FLAMINGO_")).collect();
+    vars.sort();
+    for (var, raw) in vars {
+        if NOT_CONFIG_VARS.contains(&var.as_str()) || var.starts_with(crate::testing::ENV_PREFIX) {
+            continue;
+        }
+        let lower = var["FLAMINGO_".len()..].to_ascii_lowercase();
+        let found = SECTIONS.iter().find_map(|s| lower.strip_prefix(&format!("{s}_")).map(|k| (*s, k.to_string())));
+        let Some((section, key)) = found else {
+            warnings.push(format!("ignoring {var}: it names no configuration section"));
             continue;
         };
-        let key = lower[section.len() + 1..].to_string();
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value.clone()));
+        let default = defaults.get(section).and_then(|t| t.get(&key));
+        let value = match default {
+            Some(d) => typed(&raw, d).map_err(|message| ConfigError::Env { var: var.clone(), message })?,
+            None if section == "model" && OPTIONAL_PATH_KEYS.contains(&key.as_str()) => toml::Value::String(raw.clone()),
+            None => {
+                warnings.push(format!("ignoring {var}: there is no key {section}.{key}"));
+                continue;
+            }
+        };
         let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry {
             toml::Value::Table(t) => {
-                t.insert(key, parsed);
+                t.insert(key, value);
             }
-            _ => return Err(ConfigError::Env { var, message: format!("`{section}` is not a section") }),
+            _ => return Err(ConfigError::Env { var, message: format!("`{section}` is not a table in the file") }),
         }
     }
-    Ok(())
+    Ok(warnings)
+}
+
+fn typed(raw: &str, like: &toml::Value) -> Result<toml::Value, String> {
+    let raw_t = raw.trim();
+    Ok(match like {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw_t.parse().map_err(|_| format!("expected an integer, got `{raw}`"))?)
+        }
+        toml::Value::Float(_) => toml::Value::Float(raw_t.parse().map_err(|_| format!("expected a number, got `{raw}`"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw_t {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(format!("expected true or false, got `{raw}`")),
+        }),
+        toml::Value::Array(_) if raw_t.starts_with('[') => format!("v = {raw_t}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| format!("expected a TOML array, got `{raw}`"))?,
+        toml::Value::Array(_) => toml::Value::Array(
+            raw_t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
     #[test]
-    fn env_overrides_and_unknown_keys() {
-        let mut t = toml::Table::new();
-        let vars = vec![
-            ("FLAMINGO_LIMITS_MAX_QUEUE".to_string(), "4".to_string()),
-            ("FLAMINGO_MODEL_DTYPE".to_string(), "f16".to_string()),
-            ("OTHER".to_string(), "x".to_string()),
-        ];
-        apply_env(&mut t, vars.into_iter()).unwrap();
-        let cfg: Config = toml::Value::Table(t).try_into().unwrap();
-        assert_eq!(cfg.limits.max_queue, 4);
-        assert_eq!(cfg.model.dtype, "f16");
-        let unknown: Result<Config, _> = toml::from_str("[limits]\nmax_qeue = 3\n");
-        assert!(unknown.unwrap_err().to_string().contains("max_qeue"));
+    fn env_overrides_are_typed_by_the_default() {
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("FLAMINGO_LIMITS_MAX_QUEUE", "4"),
+                ("FLAMINGO_MODEL_DTYPE", "f16"),
+                ("FLAMINGO_MODEL_ID", "123"),
+                ("FLAMINGO_SERVER_API_KEYS", "k1, k2"),
+                ("FLAMINGO_SERVER_CORS_ORIGINS", "[\"https://a.example\"]"),
+                ("FLAMINGO_FILTER_MODE", "block"),
+                ("FLAMINGO_MODEL_CHECKPOINT", "/m/checkpoint.pt"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        let c = loaded.config;
+        assert_eq!(c.limits.max_queue, 4);
+        assert_eq!(c.model.dtype, "f16");
+        assert_eq!(c.model.id, "123");
+        assert_eq!(c.server.api_keys, vec!["k1", "k2"]);
+        assert_eq!(c.server.cors_origins, vec!["https://a.example"]);
+        assert_eq!(c.filter.mode, FilterMode::Block);
+        assert_eq!(c.model.checkpoint, Some(PathBuf::from("/m/checkpoint.pt")));
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable_and_unknown_ones_warn() {
+        let e = Config::load(None, env(&[("FLAMINGO_SERVER_PORT", "eighty")])).err().unwrap();
+        assert!(e.to_string().contains("FLAMINGO_SERVER_PORT"), "{e}");
+        let e = Config::load(None, env(&[("FLAMINGO_FILTER_MODE", "loud")])).err().unwrap();
+        assert!(e.to_string().contains("loud"), "{e}");
+        let loaded = Config::load(None, env(&[("FLAMINGO_SERVER_BIN", "x"), ("FLAMINGO_TEST_STEP_DELAY_MS", "5")])).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("FLAMINGO_SERVER_BIN"));
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_named() {
+        let dir = std::env::temp_dir().join(format!("flamingo-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[limits]\nmax_qeue = 3\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).err().unwrap();
+        assert!(e.to_string().contains("max_qeue"), "{e}");
+        std::fs::write(&path, "[filter]\nmod = \"off\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).err().unwrap();
+        assert!(e.to_string().contains("mod"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn invalid_values_are_named() {
-        let mut cfg = Config::default();
-        cfg.limits.max_batch_size = 0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("limits.max_batch_size"));
-        let mut cfg = Config::default();
-        cfg.model.dtype = "f64".into();
-        assert!(cfg.validate().unwrap_err().to_string().contains("model.dtype"));
+        let check = |f: &dyn Fn(&mut Config), key: &str| {
+            let mut cfg = Config::default();
+            f(&mut cfg);
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e} should name {key}");
+        };
+        check(&|c| c.limits.max_batch_size = 0, "limits.max_batch_size");
+        check(&|c| c.model.dtype = "f64".into(), "model.dtype");
+        check(&|c| c.model.device = "tpu".into(), "model.device");
+        check(&|c| c.model.device = "cuda:x".into(), "model.device");
+        check(&|c| c.server.cors_origins = vec!["demo.example".into()], "server.cors_origins");
+        check(&|c| c.server.allow_image_urls = true, "server.allow_image_urls");
+        check(&|c| c.limits.max_beams = 64, "limits.max_beams");
+        Config::default().validate().unwrap();
+        let mut c = Config::default();
+        c.model.device = "cuda:1".into();
+        c.validate().unwrap();
     }
 
     #[test]
-    fn default_toml_matches_the_struct() {
+    fn default_toml_is_the_defaults() {
         let text = include_str!("../../../config/default.toml");
-        let cfg: Config = toml::from_str(text).expect("config/default.toml parses with no unknown keys");
-        cfg.validate().unwrap();
+        let from_file: Config = toml::from_str(text).expect("config/default.toml parses with no unknown keys");
+        from_file.validate().unwrap();
+        assert_eq!(
+            toml::Value::try_from(&from_file).unwrap(),
+            toml::Value::try_from(Config::default()).unwrap(),
+            "config/default.toml and the built-in defaults differ"
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! One error type for every route, with its HTTP status and two body shapes: TGI's
-//! `{error, error_type}` and OpenAI's `{error: {message, type, param, code}}` on `/v1/*`.
+//! `{error, error_type}` and OpenAI's `{error: {message, type, param, code}}`. The shape is
+//! chosen by path in one middleware ([`openai_shape`]), so handlers, extractors, the API-key check
+//! and the fallbacks need not know which family a route belongs to.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -10,6 +15,7 @@ pub enum ErrorKind {
     InvalidRequest,
     Unauthorized,
     NotFound,
+    MethodNotAllowed,
     PayloadTooLarge,
     Validation,
     Overloaded,
@@ -24,6 +30,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -38,6 +45,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Validation => "validation",
             ErrorKind::Overloaded => "overloaded",
@@ -53,12 +61,13 @@ pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
     pub retry_after_s: Option<u64>,
-    pub openai: bool,
+    /// The request parameter at fault, when known (OpenAI's `param`).
+    pub param: Option<String>,
 }
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after_s: None, openai: false }
+        Self { kind, message: message.into(), retry_after_s: None, param: None }
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Validation, message)
@@ -66,21 +75,41 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self::new(ErrorKind::Unavailable, message).retry_after(retry_after_s)
+    }
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_s = Some(seconds);
         self
     }
-    /// Answer in the OpenAI shape (routes under `/v1`).
-    pub fn openai(mut self) -> Self {
-        self.openai = true;
+    pub fn param(mut self, name: impl Into<String>) -> Self {
+        self.param = Some(name.into());
         self
     }
+
+    /// `{"error": "...", "error_type": "..."}` (TGI).
     pub fn body(&self) -> serde_json::Value {
-        if self.openai {
-            serde_json::json!({"error": {"message": self.message, "type": self.kind.as_str(), "param": null, "code": null}})
-        } else {
-            serde_json::json!({"error": self.message, "error_type": self.kind.as_str()})
+        serde_json::json!({"error": self.message, "error_type": self.kind.as_str()})
+    }
+
+    /// `{"error": {"message", "type", "param", "code"}}` (OpenAI).
+    pub fn openai_body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "message": self.message,
+            "type": self.kind.as_str(),
+            "param": self.param,
+            "code": null,
+        }})
+    }
+
+    fn response_with(&self, body: serde_json::Value) -> Response {
+        let mut response = (self.kind.status(), Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        // Lets `openai_shape` re-render the body without parsing it.
+        response.extensions_mut().insert(self.clone());
+        response
     }
 }
 
@@ -92,25 +121,48 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.kind.status(), Json(self.body())).into_response();
-        if let Some(s) = self.retry_after_s {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        response
+        self.response_with(self.body())
     }
 }
 
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        use axum::extract::rejection::JsonRejection as J;
+/// axum's JSON extractor errors in our shape: syntax and content-type problems are 400, a body
+/// that parses but does not fit the schema is 422 (TGI does the same), an oversized body 413.
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
         let kind = match &r {
-            J::JsonDataError(_) => ErrorKind::Validation,
-            J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+            JsonRejection::JsonDataError(_) => ErrorKind::Validation,
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
             _ => ErrorKind::InvalidRequest,
         };
-        ApiError::new(kind, r.body_text())
+        let message = match &r {
+            JsonRejection::MissingJsonContentType(_) => "expected a JSON body with `Content-Type: application/json`".into(),
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                "the request body is larger than the server's limit (server.max_body_bytes)".into()
+            }
+            _ => r.body_text(),
+        };
+        ApiError::new(kind, message)
+    }
+}
+
+/// Middleware: errors on `/v1/*` leave in the OpenAI shape.
+pub async fn openai_shape(req: Request<Body>, next: Next) -> Response {
+    let openai = req.uri().path().starts_with("/v1/");
+    let response = next.run(req).await;
+    if !openai {
+        return response;
+    }
+    match response.extensions().get::<ApiError>().cloned() {
+        Some(e) => {
+            let mut shaped = e.response_with(e.openai_body());
+            for name in ["x-request-id", "x-timings", "server-timing"] {
+                if let Some(v) = response.headers().get(name) {
+                    shaped.headers_mut().insert(name, v.clone());
+                }
+            }
+            shaped
+        }
+        None => response,
     }
 }
 
@@ -120,11 +172,15 @@ mod tests {
 
     #[test]
     fn shapes_and_statuses() {
-        let e = ApiError::validation("bad");
+        let e = ApiError::validation("bad").param("top_p");
         assert_eq!(e.body(), serde_json::json!({"error": "bad", "error_type": "validation"}));
         assert_eq!(e.kind.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let o = ApiError::new(ErrorKind::Overloaded, "full").openai();
-        assert_eq!(o.body()["error"]["type"], "overloaded");
-        assert_eq!(o.kind.status(), StatusCode::TOO_MANY_REQUESTS);
+        let o = ApiError::new(ErrorKind::Overloaded, "full").openai_body();
+        assert_eq!(o["error"]["type"], "overloaded");
+        assert_eq!(o["error"]["message"], "full");
+        assert_eq!(e.openai_body()["error"]["param"], "top_p");
+        let r = ApiError::new(ErrorKind::Overloaded, "full").retry_after(2).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 }

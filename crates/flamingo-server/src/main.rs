@@ -75,8 +75,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -89,7 +92,10 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
     if std::env::var(flamingo_server::session::SCRIPTED_OUTPUT_ENV).is_ok() {
-        tracing::warn!("{} is set: generated text is scripted (test hook)", flamingo_server::session::SCRIPTED_OUTPUT_ENV);
+        tracing::warn!(
+            "{} is set: generated text is scripted (test hook)",
+            flamingo_server::session::SCRIPTED_OUTPUT_ENV
+        );
     }
     let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
     let drain = Duration::from_secs(cfg.server.drain_timeout_s);
@@ -97,7 +103,9 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())??;
     let draining = state.draining.clone();
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
     tracing::info!(%addr, "listening");
     let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

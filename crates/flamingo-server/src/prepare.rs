@@ -41,7 +41,8 @@ pub struct Context {
 
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
 /// base64 or `data:image/...;base64,` -> bytes.
@@ -54,8 +55,9 @@ pub fn image_bytes(payload: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> 
     }
     let b64 = match payload.strip_prefix("data:") {
         Some(rest) => {
-            let (meta, data) =
-                rest.split_once(',').ok_or_else(|| ApiError::validation("malformed data: URL (no comma)"))?;
+            let (meta, data) = rest
+                .split_once(',')
+                .ok_or_else(|| ApiError::validation("malformed data: URL (no comma)"))?;
             if !meta.ends_with(";base64") {
                 return Err(ApiError::validation("data: URLs must be base64-encoded"));
             }
@@ -70,7 +72,8 @@ pub fn image_bytes(payload: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> 
         ));
     }
     let cleaned: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    B64.decode(cleaned.as_bytes()).map_err(|e| ApiError::validation(format!("invalid base64 image: {e}")))
+    B64.decode(cleaned.as_bytes())
+        .map_err(|e| ApiError::validation(format!("invalid base64 image: {e}")))
 }
 
 pub fn load_image(payload: &str, limits: &Limits) -> Result<ImageInput, ApiError> {
@@ -82,19 +85,32 @@ pub fn load_image(payload: &str, limits: &Limits) -> Result<ImageInput, ApiError
         max_pixels: limits.max_image_pixels,
     };
     let pixels = preprocess::preprocess(&bytes, &image_limits).map_err(|e| {
-        let kind = if e.is_too_large() { ErrorKind::PayloadTooLarge } else { ErrorKind::Validation };
+        let kind = if e.is_too_large() {
+            ErrorKind::PayloadTooLarge
+        } else {
+            ErrorKind::Validation
+        };
         ApiError::new(kind, format!("image: {e}"))
     })?;
-    Ok(ImageInput { hash: Sha256::digest(&bytes).into(), pixels: Arc::new(pixels) })
+    Ok(ImageInput {
+        hash: Sha256::digest(&bytes).into(),
+        pixels: Arc::new(pixels),
+    })
 }
 
 /// Validated generation settings (TGI semantics: any of temperature/top_k/top_p turns sampling on).
-pub fn params(p: &Parameters, ctx: &Context) -> Result<(GenerationParams, Vec<String>, Option<u64>), ApiError> {
+pub fn params(
+    p: &Parameters,
+    ctx: &Context,
+) -> Result<(GenerationParams, Vec<String>, Option<u64>), ApiError> {
     let l = &ctx.limits;
     let bad = |m: String| Err(ApiError::validation(m));
     let max_new = p.max_new_tokens.unwrap_or(20) as usize;
     if max_new == 0 || max_new > l.max_new_tokens {
-        return bad(format!("max_new_tokens must be between 1 and {}", l.max_new_tokens));
+        return bad(format!(
+            "max_new_tokens must be between 1 and {}",
+            l.max_new_tokens
+        ));
     }
     if let Some(t) = p.temperature {
         if !(t > 0.0 && t.is_finite()) {
@@ -127,14 +143,19 @@ pub fn params(p: &Parameters, ctx: &Context) -> Result<(GenerationParams, Vec<St
     }
     let stop = p.stop.clone().unwrap_or_default();
     if stop.len() > l.max_stop_sequences || stop.iter().any(|s| s.is_empty() || s.len() > 64) {
-        return bad(format!("at most {} stop sequences of 1 to 64 bytes", l.max_stop_sequences));
+        return bad(format!(
+            "at most {} stop sequences of 1 to 64 bytes",
+            l.max_stop_sequences
+        ));
     }
     let do_sample = p.do_sample.unwrap_or(false)
         || p.top_k.is_some()
         || p.top_p.is_some_and(|x| x < 1.0)
         || p.temperature.is_some_and(|t| t != 1.0);
     if do_sample && beams > 1 {
-        return bad("beam search is deterministic: do not combine num_beams > 1 with sampling".into());
+        return bad(
+            "beam search is deterministic: do not combine num_beams > 1 with sampling".into(),
+        );
     }
     let seed = do_sample.then(|| p.seed.unwrap_or_else(rand::random));
     let sampling = SamplingParams {
@@ -162,10 +183,19 @@ pub fn params(p: &Parameters, ctx: &Context) -> Result<(GenerationParams, Vec<St
 pub fn prepare(rendered: Rendered, p: &Parameters, ctx: &Context) -> Result<Prepared, ApiError> {
     let (params, stop, seed) = params(p, ctx)?;
     if rendered.images.len() > ctx.limits.max_images {
-        return Err(ApiError::validation(format!("at most {} images per request", ctx.limits.max_images)));
+        return Err(ApiError::validation(format!(
+            "at most {} images per request",
+            ctx.limits.max_images
+        )));
     }
-    let tokens = ctx.tokenizer.encode(&rendered.prompt).map_err(|e| ApiError::validation(e.to_string()))?;
-    let markers = tokens.iter().filter(|&&t| t == ctx.tokenizer.image_id).count();
+    let tokens = ctx
+        .tokenizer
+        .encode(&rendered.prompt)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    let markers = tokens
+        .iter()
+        .filter(|&&t| t == ctx.tokenizer.image_id)
+        .count();
     if markers != rendered.images.len() {
         return Err(ApiError::validation(format!(
             "the prompt has {markers} <image> markers but {} images were given",
@@ -188,9 +218,15 @@ pub fn prepare(rendered: Rendered, p: &Parameters, ctx: &Context) -> Result<Prep
         )));
     }
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= ctx.vocab_size) {
-        return Err(ApiError::validation(format!("token {t} outside the vocabulary")));
+        return Err(ApiError::validation(format!(
+            "token {t} outside the vocabulary"
+        )));
     }
-    let images = rendered.images.iter().map(|i| load_image(i, &ctx.limits)).collect::<Result<Vec<_>, _>>()?;
+    let images = rendered
+        .images
+        .iter()
+        .map(|i| load_image(i, &ctx.limits))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Prepared {
         tokens,
         images,
@@ -209,7 +245,10 @@ mod tests {
     #[test]
     fn data_urls_and_plain_base64() {
         let l = Limits::default();
-        assert_eq!(image_bytes("data:image/png;base64,aGk=", &l).unwrap(), b"hi");
+        assert_eq!(
+            image_bytes("data:image/png;base64,aGk=", &l).unwrap(),
+            b"hi"
+        );
         assert_eq!(image_bytes("aGk", &l).unwrap(), b"hi");
         assert!(image_bytes("https://x/y.png", &l).is_err());
         assert!(image_bytes("%%%", &l).is_err());
@@ -232,12 +271,36 @@ mod tests {
         };
         let ok = |p: Parameters| params(&p, &ctx).is_ok();
         assert!(ok(Parameters::default()));
-        assert!(!ok(Parameters { max_new_tokens: Some(0), ..Default::default() }));
-        assert!(!ok(Parameters { top_p: Some(1.5), ..Default::default() }));
-        assert!(!ok(Parameters { temperature: Some(0.0), ..Default::default() }));
-        assert!(!ok(Parameters { num_beams: Some(99), ..Default::default() }));
-        assert!(!ok(Parameters { num_beams: Some(2), do_sample: Some(true), ..Default::default() }));
-        let (g, _, seed) = params(&Parameters { temperature: Some(0.7), seed: Some(5), ..Default::default() }, &ctx).unwrap();
+        assert!(!ok(Parameters {
+            max_new_tokens: Some(0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            top_p: Some(1.5),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            temperature: Some(0.0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            num_beams: Some(99),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            num_beams: Some(2),
+            do_sample: Some(true),
+            ..Default::default()
+        }));
+        let (g, _, seed) = params(
+            &Parameters {
+                temperature: Some(0.7),
+                seed: Some(5),
+                ..Default::default()
+            },
+            &ctx,
+        )
+        .unwrap();
         assert!(g.sampling.do_sample);
         assert_eq!(seed, Some(5));
     }

@@ -38,7 +38,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Routes that need no API key.
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/" | "/health" | "/ready" | "/metrics" | "/openapi.yaml") || path.starts_with("/assets/")
+    matches!(
+        path,
+        "/" | "/health" | "/ready" | "/metrics" | "/openapi.yaml"
+    ) || path.starts_with("/assets/")
 }
 
 fn handler(path: &str) -> MethodRouter<AppState> {
@@ -97,7 +100,11 @@ async fn asset(Path(path): Path<String>) -> Response {
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/yaml")], include_str!("../../../openapi.yaml")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../../openapi.yaml"),
+    )
+        .into_response()
 }
 
 async fn health() -> Json<Value> {
@@ -110,8 +117,14 @@ async fn ready(State(s): State<AppState>) -> Response {
     if worker && !draining {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        let why = if draining { "shutting down" } else { "model worker not running" };
-        ApiError::new(ErrorKind::Unavailable, why).retry_after(s.cfg.server.retry_after_s).into_response()
+        let why = if draining {
+            "shutting down"
+        } else {
+            "model worker not running"
+        };
+        ApiError::new(ErrorKind::Unavailable, why)
+            .retry_after(s.cfg.server.retry_after_s)
+            .into_response()
     }
 }
 
@@ -123,18 +136,31 @@ async fn info(State(s): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    let body = s.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = s
+        .prometheus
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn models(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": s.cfg.model.id, "object": "model", "created": 0, "owned_by": "flamingo-serve"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": s.cfg.model.id, "object": "model", "created": 0, "owned_by": "flamingo-serve"}]}),
+    )
 }
 
 /// Prepares (blocking pool), queues, and returns the session plus timings.
-async fn start(s: &AppState, rendered: Rendered, params: Parameters) -> Result<(Session, Prepared, Timings), ApiError> {
+async fn start(
+    s: &AppState,
+    rendered: Rendered,
+    params: Parameters,
+) -> Result<(Session, Prepared, Timings), ApiError> {
     if s.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::new(ErrorKind::Unavailable, "the server is shutting down").retry_after(s.cfg.server.retry_after_s));
+        return Err(
+            ApiError::new(ErrorKind::Unavailable, "the server is shutting down")
+                .retry_after(s.cfg.server.retry_after_s),
+        );
     }
     let arrived = Instant::now();
     let ctx = s.ctx.clone();
@@ -155,8 +181,21 @@ async fn start(s: &AppState, rendered: Rendered, params: Parameters) -> Result<(
         deadline,
         enqueued: prepared_at,
     })?;
-    let session = Session::new(rx, s.tokenizer.clone(), s.filter.clone(), prepared.stop.clone(), deadline);
-    Ok((session, prepared, Timings { arrived, prepared_at }))
+    let session = Session::new(
+        rx,
+        s.tokenizer.clone(),
+        s.filter.clone(),
+        prepared.stop.clone(),
+        deadline,
+    );
+    Ok((
+        session,
+        prepared,
+        Timings {
+            arrived,
+            prepared_at,
+        },
+    ))
 }
 
 struct Timings {
@@ -192,7 +231,8 @@ async fn run_to_end(session: &mut Session) -> Result<Final, ApiError> {
 
 fn record_ttft(t: &Timings, session: &Session) {
     if let Some(first) = session.first_token_at {
-        metrics::histogram!("flamingo_time_to_first_token_seconds").record((first - t.arrived).as_secs_f64());
+        metrics::histogram!("flamingo_time_to_first_token_seconds")
+            .record((first - t.arrived).as_secs_f64());
     }
 }
 
@@ -205,7 +245,10 @@ fn prefill_details(s: &AppState, p: &Prepared) -> Value {
     Value::Array(toks)
 }
 
-async fn generate(State(s): State<AppState>, body: Result<Json<GenerateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+async fn generate(
+    State(s): State<AppState>,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(req) = body?;
     let rendered = req.render()?;
     let params = req.parameters.clone().unwrap_or_default();
@@ -225,7 +268,9 @@ async fn generate(State(s): State<AppState>, body: Result<Json<GenerateRequest>,
         body["details"] = json!({"finish_reason": f.finish_reason, "generated_tokens": f.generated_tokens, "seed": prepared.seed});
     }
     let mut response = Json(body).into_response();
-    response.headers_mut().insert("server-timing", timings.header(&session));
+    response
+        .headers_mut()
+        .insert("server-timing", timings.header(&session));
     Ok(response)
 }
 
@@ -234,15 +279,22 @@ fn sse_json(v: &Value) -> SseEvent {
 }
 
 fn sse_error(e: &ApiError) -> SseEvent {
-    SseEvent::default().event("error").data(json!({"error": e.message, "error_type": e.kind.as_str()}).to_string())
+    SseEvent::default()
+        .event("error")
+        .data(json!({"error": e.message, "error_type": e.kind.as_str()}).to_string())
 }
 
-async fn generate_stream(State(s): State<AppState>, body: Result<Json<GenerateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+async fn generate_stream(
+    State(s): State<AppState>,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(req) = body?;
     let rendered = req.render()?;
     let params = req.parameters.clone().unwrap_or_default();
     if params.num_beams.unwrap_or(1) > 1 {
-        return Err(ApiError::validation("beam search is not available on the stream route; use /generate"));
+        return Err(ApiError::validation(
+            "beam search is not available on the stream route; use /generate",
+        ));
     }
     let (mut session, prepared, timings) = start(&s, rendered, params).await?;
     let seed = prepared.seed;
@@ -278,10 +330,15 @@ async fn generate_stream(State(s): State<AppState>, body: Result<Json<GenerateRe
     Ok(sse_response(stream))
 }
 
-fn sse_response<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(stream: S) -> Response {
-    let mut r = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response();
+fn sse_response<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(
+    stream: S,
+) -> Response {
+    let mut r = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
     // Tell nginx not to buffer the stream even if the proxy config forgets to.
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
 
@@ -291,7 +348,10 @@ fn chat_params(req: &ChatRequest, s: &AppState) -> Result<Parameters, ApiError> 
     }
     let greedy = req.temperature.is_some_and(|t| t == 0.0);
     Ok(Parameters {
-        max_new_tokens: req.max_completion_tokens.or(req.max_tokens).or(Some(s.cfg.limits.max_new_tokens.min(256) as u32)),
+        max_new_tokens: req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .or(Some(s.cfg.limits.max_new_tokens.min(256) as u32)),
         do_sample: Some(!greedy && (req.temperature.is_some() || req.top_p.is_some())),
         temperature: req.temperature.filter(|t| *t > 0.0),
         top_p: req.top_p,
@@ -310,14 +370,23 @@ fn openai_reason(r: &str) -> &'static str {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-async fn chat(State(s): State<AppState>, body: Result<Json<ChatRequest>, JsonRejection>) -> Result<Response, ApiError> {
+async fn chat(
+    State(s): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     chat_inner(s, body).await.map_err(ApiError::openai)
 }
 
-async fn chat_inner(s: AppState, body: Result<Json<ChatRequest>, JsonRejection>) -> Result<Response, ApiError> {
+async fn chat_inner(
+    s: AppState,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(req) = body?;
     let rendered = render_chat(&req.messages)?;
     let params = chat_params(&req, &s)?;
@@ -338,7 +407,9 @@ async fn chat_inner(s: AppState, body: Result<Json<ChatRequest>, JsonRejection>)
             "filtered": f.filtered,
         });
         let mut response = Json(body).into_response();
-        response.headers_mut().insert("server-timing", timings.header(&session));
+        response
+            .headers_mut()
+            .insert("server-timing", timings.header(&session));
         return Ok(response);
     }
     let stream = async_stream::stream! {
@@ -406,7 +477,10 @@ mod tests {
             } else if let Some(m) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
                 let method = m.trim_end().trim_end_matches(':');
                 if ["get", "post", "put", "delete", "patch"].contains(&method) {
-                    ops.push((method.to_uppercase(), current.clone().expect("method before path")));
+                    ops.push((
+                        method.to_uppercase(),
+                        current.clone().expect("method before path"),
+                    ));
                 }
             }
         }
@@ -417,7 +491,10 @@ mod tests {
     #[test]
     fn router_and_openapi_list_the_same_operations() {
         let spec = spec_operations(include_str!("../../../openapi.yaml"));
-        let mut ours: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut ours: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         ours.sort();
         assert_eq!(ours, spec, "routes and openapi.yaml diverge");
     }

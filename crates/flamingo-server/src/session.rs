@@ -104,11 +104,18 @@ impl Session {
             let event = match tokio::time::timeout(wait, rx.recv()).await {
                 Err(_) => {
                     self.rx = None;
-                    return Some(Err(ApiError::new(ErrorKind::Timeout, "the request passed its deadline")));
+                    return Some(Err(ApiError::new(
+                        ErrorKind::Timeout,
+                        "the request passed its deadline",
+                    )));
                 }
                 Ok(None) => {
                     self.rx = None;
-                    return Some(Err(ApiError::new(ErrorKind::Unavailable, "the model worker stopped").retry_after(1)));
+                    return Some(Err(ApiError::new(
+                        ErrorKind::Unavailable,
+                        "the model worker stopped",
+                    )
+                    .retry_after(1)));
                 }
                 Ok(Some(e)) => e,
             };
@@ -149,18 +156,32 @@ impl Session {
         };
         self.raw.push_str(&piece);
         let mut stop_hit = false;
-        if let Some(pos) = self.stop.iter().filter_map(|s| self.raw.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.raw.find(s.as_str()))
+            .min()
+        {
             self.raw.truncate(pos.max(self.released_raw));
             stop_hit = true;
         }
-        let hold = if stop_hit { 0 } else { stop_prefix_len(&self.raw, &self.stop) };
+        let hold = if stop_hit {
+            0
+        } else {
+            stop_prefix_len(&self.raw, &self.stop)
+        };
         let end = (self.raw.len() - hold).max(self.released_raw);
         let releasable = self.raw[self.released_raw..end].to_string();
         self.released_raw = end;
         let chunk = self.stream_filter.push(&releasable);
         self.filtered |= chunk.acted;
         self.text.push_str(&chunk.text);
-        let out = TokenOut { id, text: chunk.text, logprob, special };
+        let out = TokenOut {
+            id,
+            text: chunk.text,
+            logprob,
+            special,
+        };
         self.tokens.push(out.clone());
         if chunk.blocked {
             self.pending_final = Some("content_filter");
@@ -195,7 +216,11 @@ impl Session {
         self.final_with(reason, trailing, self.filtered)
     }
 
-    fn finish_beam(&mut self, best: Vec<flamingo_model::engine::GeneratedToken>, reason: &'static str) -> Final {
+    fn finish_beam(
+        &mut self,
+        best: Vec<flamingo_model::engine::GeneratedToken>,
+        reason: &'static str,
+    ) -> Final {
         let ids: Vec<u32> = best.iter().map(|t| t.id).collect();
         let mut raw = self.tokenizer.decode(&ids, true).unwrap_or_default();
         let mut reason = reason;
@@ -208,13 +233,21 @@ impl Session {
             .iter()
             .map(|t| TokenOut {
                 id: t.id,
-                text: if checked.acted { String::new() } else { self.tokenizer.decode(&[t.id], true).unwrap_or_default() },
+                text: if checked.acted {
+                    String::new()
+                } else {
+                    self.tokenizer.decode(&[t.id], true).unwrap_or_default()
+                },
                 logprob: t.logprob,
                 special: self.tokenizer.is_special(t.id),
             })
             .collect();
         self.text = checked.text.clone();
-        let reason = if checked.blocked { "content_filter" } else { reason };
+        let reason = if checked.blocked {
+            "content_filter"
+        } else {
+            reason
+        };
         self.final_with(reason, String::new(), checked.acted)
     }
 
@@ -223,7 +256,13 @@ impl Session {
             metrics::counter!("flamingo_filter_actions_total", "action" => if reason == "content_filter" { "block" } else { "censor" }).increment(1);
         }
         Final {
-            generated_text: if reason == "content_filter" && self.filter.config().mode == crate::filter::FilterMode::Block { String::new() } else { self.text.clone() },
+            generated_text: if reason == "content_filter"
+                && self.filter.config().mode == crate::filter::FilterMode::Block
+            {
+                String::new()
+            } else {
+                self.text.clone()
+            },
             finish_reason: reason,
             generated_tokens: self.tokens.len(),
             tokens: std::mem::take(&mut self.tokens),

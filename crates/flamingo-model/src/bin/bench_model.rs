@@ -45,7 +45,13 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// One request end to end as the reference's `generate` does it: decode + preprocess the images,
 /// tokenize, encode images, prefill, greedy decode up to `max_new` tokens (stop on <|endofchunk|>).
-fn one_request(model: &Arc<Flamingo>, tok: &FlamingoTokenizer, prompt: &str, images: &[Vec<u8>], max_new: usize) -> BoxResult<Vec<u32>> {
+fn one_request(
+    model: &Arc<Flamingo>,
+    tok: &FlamingoTokenizer,
+    prompt: &str,
+    images: &[Vec<u8>],
+    max_new: usize,
+) -> BoxResult<Vec<u32>> {
     let pixels: Vec<Vec<f32>> = images
         .iter()
         .map(|b| preprocess::preprocess(b, &preprocess::ImageLimits::default()))
@@ -53,8 +59,16 @@ fn one_request(model: &Arc<Flamingo>, tok: &FlamingoTokenizer, prompt: &str, ima
     let mut engine = Engine::new(model.clone());
     let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
     let latents = engine.encode_images(&refs)?;
-    let params = GenerationParams { max_new_tokens: max_new, stop_tokens: vec![tok.end_of_chunk_id], ..Default::default() };
-    engine.add(SequenceRequest { tokens: tok.encode(prompt)?, images: Some(Tensor::stack(&latents, 0)?), params })?;
+    let params = GenerationParams {
+        max_new_tokens: max_new,
+        stop_tokens: vec![tok.end_of_chunk_id],
+        ..Default::default()
+    };
+    engine.add(SequenceRequest {
+        tokens: tok.encode(prompt)?,
+        images: Some(Tensor::stack(&latents, 0)?),
+        params,
+    })?;
     let mut out = Vec::new();
     while !engine.is_empty() {
         for e in engine.step()? {
@@ -90,25 +104,45 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
             times.push(t.elapsed().as_secs_f64());
         }
         let min = times.iter().copied().fold(f64::MAX, f64::min);
-        println!("ours {name}: median {:.0} ms over {repeats} (min {:.0}), {} new tokens: {tokens:?}", median(times) * 1e3, min * 1e3, tokens.len());
+        println!(
+            "ours {name}: median {:.0} ms over {repeats} (min {:.0}), {} new tokens: {tokens:?}",
+            median(times) * 1e3,
+            min * 1e3,
+            tokens.len()
+        );
     }
     // Throughput with `batch` concurrent caption requests in one continuous batch.
     let (_, prompt, images) = &cases[0];
     let t = Instant::now();
     let pixels = preprocess::preprocess(&images[0], &preprocess::ImageLimits::default())?;
     let mut engine = Engine::new(model.clone());
-    let params = GenerationParams { max_new_tokens: 20, stop_tokens: vec![tok.end_of_chunk_id], ..Default::default() };
+    let params = GenerationParams {
+        max_new_tokens: 20,
+        stop_tokens: vec![tok.end_of_chunk_id],
+        ..Default::default()
+    };
     for _ in 0..batch {
         // Each request encodes its own image, as separate clients would without the server's cache.
         let latents = engine.encode_images(&[&pixels])?;
-        engine.add(SequenceRequest { tokens: tok.encode(prompt)?, images: Some(Tensor::stack(&latents, 0)?), params: params.clone() })?;
+        engine.add(SequenceRequest {
+            tokens: tok.encode(prompt)?,
+            images: Some(Tensor::stack(&latents, 0)?),
+            params: params.clone(),
+        })?;
     }
     let mut n = 0;
     while !engine.is_empty() {
-        n += engine.step()?.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+        n += engine
+            .step()?
+            .iter()
+            .filter(|e| matches!(e, Event::Token { .. }))
+            .count();
     }
     let dt = t.elapsed().as_secs_f64();
-    println!("ours batched: {batch} concurrent, {n} tokens in {dt:.2} s = {:.1} tokens/s", n as f64 / dt);
+    println!(
+        "ours batched: {batch} concurrent, {n} tokens in {dt:.2} s = {:.1} tokens/s",
+        n as f64 / dt
+    );
     Ok(())
 }
 
@@ -116,7 +150,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("linear") {
         let dev = Device::Cpu;
-        for (n, k) in [(32003usize, 512usize), (1376, 512), (512, 1376), (4096, 4096)] {
+        for (n, k) in [
+            (32003usize, 512usize),
+            (1376, 512),
+            (512, 1376),
+            (4096, 4096),
+        ] {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
             for m in [1usize, 4, 16] {
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
@@ -136,13 +175,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if args.first().map(String::as_str) == Some("requests") {
-        let dir = args.get(1).ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
+        let dir = args
+            .get(1)
+            .ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
         let repeats = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
         let batch = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(16);
         return requests_mode(std::path::Path::new(dir), repeats, batch);
     }
     let which = args.first().map(String::as_str).unwrap_or("fixture");
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let dtype = match flag("--dtype").as_deref() {
         Some("f16") => DType::F16,
         Some("bf16") => DType::BF16,
@@ -155,7 +201,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batches: Vec<usize> = flag("--batches")
         .map(|b| b.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 16]);
-    let opts = LoadOptions { dtype, device: device.clone(), media_rule: None };
+    let opts = LoadOptions {
+        dtype,
+        device: device.clone(),
+        media_rule: None,
+    };
     let quant = match flag("--quant").as_deref() {
         Some("q8_0") => Some(flamingo_model::quant::Quantization::Q8_0),
         Some("q4k") => Some(flamingo_model::quant::Quantization::Q4K),
@@ -163,7 +213,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let started = Instant::now();
     let model = match which {
-        "fixture" => Flamingo::load_with(&ModelPaths::from_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-openflamingo")))?, &opts, quant)?,
+        "fixture" => Flamingo::load_with(
+            &ModelPaths::from_dir(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/tiny-openflamingo"
+            )))?,
+            &opts,
+            quant,
+        )?,
         "medium" => Flamingo::random(&medium(), &opts, quant)?,
         "9b" => {
             let mut cfg = FlamingoConfig::openflamingo_9b();
@@ -172,7 +229,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Flamingo::random(&cfg, &opts, quant)?
         }
-        dir => Flamingo::load_with(&ModelPaths::from_dir(std::path::Path::new(dir.trim_start_matches("dir:")))?, &opts, quant)?,
+        dir => Flamingo::load_with(
+            &ModelPaths::from_dir(std::path::Path::new(dir.trim_start_matches("dir:")))?,
+            &opts,
+            quant,
+        )?,
     };
     let cfg = model.config().clone();
     println!(
@@ -189,7 +250,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Arc::new(model);
     let engine = Engine::new(model.clone());
     let size = cfg.vision.image_size;
-    let pixels: Vec<f32> = (0..3 * size * size).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+    let pixels: Vec<f32> = (0..3 * size * size)
+        .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+        .collect();
 
     // Image encode (ViT + resampler), one image.
     let mut encode = Vec::new();
@@ -212,7 +275,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.resample(&tokens)?;
         resampler.push(t.elapsed().as_secs_f64());
     }
-    println!("  of which ViT {:.1} ms, resampler {:.1} ms", median(vit) * 1e3, median(resampler) * 1e3);
+    println!(
+        "  of which ViT {:.1} ms, resampler {:.1} ms",
+        median(vit) * 1e3,
+        median(resampler) * 1e3
+    );
 
     // Prefill of 1 image + 64 tokens.
     let prompt_len = 64.min(model.max_positions() / 2);
@@ -225,22 +292,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prefill.push(t.elapsed().as_secs_f64());
     }
     let p = median(prefill);
-    println!("prefill (1 image + {prompt_len} tokens): {:.1} ms = {:.0} tokens/s", p * 1e3, prompt_len as f64 / p);
+    println!(
+        "prefill (1 image + {prompt_len} tokens): {:.1} ms = {:.0} tokens/s",
+        p * 1e3,
+        prompt_len as f64 / p
+    );
 
     // Decode at several batch sizes: all sequences join, then time steady decode steps.
     let steps = 16.min(model.max_positions() - prompt_len - 1);
     for &batch in &batches {
         let mut engine = Engine::new(model.clone());
-        let params = GenerationParams { max_new_tokens: steps + 2, ..Default::default() };
+        let params = GenerationParams {
+            max_new_tokens: steps + 2,
+            ..Default::default()
+        };
         for _ in 0..batch {
-            engine.add(SequenceRequest { tokens: prompt.clone(), images: Some(latents.clone()), params: params.clone() })?;
+            engine.add(SequenceRequest {
+                tokens: prompt.clone(),
+                images: Some(latents.clone()),
+                params: params.clone(),
+            })?;
         }
         engine.step()?; // prefill
         device.synchronize()?;
         let t = Instant::now();
         let mut tokens = 0;
         for _ in 0..steps {
-            tokens += engine.step()?.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+            tokens += engine
+                .step()?
+                .iter()
+                .filter(|e| matches!(e, Event::Token { .. }))
+                .count();
         }
         device.synchronize()?;
         let dt = t.elapsed().as_secs_f64();
@@ -254,8 +336,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let long = 200.min(model.max_positions().saturating_sub(prompt_len + 1));
     if long > 20 {
         let mut engine = Engine::new(model.clone());
-        let params = GenerationParams { max_new_tokens: long, ..Default::default() };
-        engine.add(SequenceRequest { tokens: prompt.clone(), images: Some(latents.clone()), params })?;
+        let params = GenerationParams {
+            max_new_tokens: long,
+            ..Default::default()
+        };
+        engine.add(SequenceRequest {
+            tokens: prompt.clone(),
+            images: Some(latents.clone()),
+            params,
+        })?;
         engine.step()?;
         let mut per_step = Vec::new();
         while !engine.is_empty() {
@@ -265,7 +354,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let early = median(per_step[..10].to_vec());
         let late = median(per_step[per_step.len() - 10..].to_vec());
-        println!("decode per token at step ~10: {:.2} ms, at step ~{long}: {:.2} ms", early * 1e3, late * 1e3);
+        println!(
+            "decode per token at step ~10: {:.2} ms, at step ~{long}: {:.2} ms",
+            early * 1e3,
+            late * 1e3
+        );
     }
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
     Ok(())

@@ -1,28 +1,39 @@
-//! The batching worker: one thread owns the model. Requests arrive through a bounded queue and
-//! join the running batch between decode steps (continuous batching); finished, cancelled
-//! (receiver dropped) and expired sequences leave it.
+//! The batching worker: one thread owns the model and its device. Requests arrive prepared
+//! (tokens, preprocessed pixels) through a bounded queue and join the running batch between
+//! decode steps (continuous batching); finished, cancelled (the request's event receiver was
+//! dropped) and expired sequences leave it. The thread only does tensor work: image features
+//! (cached by image hash), `Engine::add`, `Engine::step`.
 
 pub mod cache;
 pub mod policy;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use flamingo_model::engine::{Engine, Event, FinishReason, GeneratedToken, GenerationParams, Hypothesis, SeqId, SequenceRequest};
+use flamingo_model::engine::{
+    Engine, Event, FinishReason, GeneratedToken, GenerationParams, Hypothesis, SeqId, SequenceRequest,
+};
 use flamingo_model::Flamingo;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::prepare::ImageInput;
+use crate::images::ImageInput;
+use crate::metrics as m;
+use crate::testing::TestHooks;
 use cache::FeatureCache;
-use policy::{admit, BatchLimits, Waiting};
+use policy::{admit, BatchLimits, Running, Waiting};
+
+/// Images resampled per call at most, so a burst of few-shot requests cannot ask the device for
+/// one huge vision batch.
+const MAX_IMAGES_PER_ENCODE: usize = 32;
 
 pub struct WorkItem {
+    pub request_id: String,
     pub tokens: Vec<u32>,
     pub images: Vec<ImageInput>,
     pub params: GenerationParams,
@@ -33,42 +44,67 @@ pub struct WorkItem {
 
 #[derive(Debug)]
 pub enum WorkerEvent {
-    /// The prompt was prefilled; `queued` is the time spent waiting.
+    /// The request left the queue and joined the batch.
     Started { queued: Duration },
-    Token(GeneratedToken),
+    /// A generated token; `finish` is set on the last one (so a stream's final event carries
+    /// the last token, as TGI's does).
+    Token { token: GeneratedToken, finish: Option<FinishReason> },
+    /// The end of a beam search (`hypotheses` best first), which reports no tokens on the way.
     Finished { reason: FinishReason, hypotheses: Vec<Hypothesis> },
     Error(ApiError),
 }
 
-/// Shared view of the worker for handlers, /ready and metrics.
-#[derive(Clone)]
-pub struct WorkerHandle {
-    tx: SyncSender<WorkItem>,
-    pub alive: Arc<AtomicBool>,
-    pub queued: Arc<AtomicUsize>,
-    pub active: Arc<AtomicUsize>,
+/// State shared between the worker, the handlers, `/ready`, `/info` and metrics.
+pub struct WorkerShared {
+    pub alive: AtomicBool,
+    /// Submitted and not yet admitted or dropped; bounded by `max_queue`.
+    pub waiting: AtomicUsize,
+    /// Sequences in the batch.
+    pub active: AtomicUsize,
+    pub steps: AtomicU64,
+    max_queue: usize,
     retry_after_s: u64,
 }
 
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: SyncSender<WorkItem>,
+    pub shared: Arc<WorkerShared>,
+}
+
 impl WorkerHandle {
-    /// Queues a request or refuses at once (429 when full, 503 when the worker is gone).
+    pub fn alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Queues a request or refuses it at once: 429 when the queue is full, 503 when the worker
+    /// is gone. Never blocks.
     pub fn submit(&self, item: WorkItem) -> Result<(), ApiError> {
-        if !self.alive.load(Ordering::SeqCst) {
-            return Err(ApiError::new(ErrorKind::Unavailable, "the model worker is not running").retry_after(self.retry_after_s));
+        let s = &self.shared;
+        let unavailable = || ApiError::unavailable("the model worker is not running", s.retry_after_s);
+        if !self.alive() {
+            return Err(unavailable());
         }
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        if s.waiting.fetch_add(1, Ordering::SeqCst) >= s.max_queue {
+            s.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(overloaded(s));
+        }
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
+                s.waiting.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
-                    TrySendError::Full(_) => ApiError::new(ErrorKind::Overloaded, "the request queue is full; retry later"),
-                    TrySendError::Disconnected(_) => ApiError::new(ErrorKind::Unavailable, "the model worker is not running"),
-                }
-                .retry_after(self.retry_after_s))
+                    TrySendError::Full(_) => overloaded(s),
+                    TrySendError::Disconnected(_) => unavailable(),
+                })
             }
         }
     }
+}
+
+fn overloaded(s: &WorkerShared) -> ApiError {
+    ApiError::new(ErrorKind::Overloaded, format!("the request queue is full ({} waiting); retry later", s.max_queue))
+        .retry_after(s.retry_after_s)
 }
 
 pub struct WorkerConfig {
@@ -77,35 +113,43 @@ pub struct WorkerConfig {
     pub max_queue: usize,
     pub image_cache_entries: usize,
     pub retry_after_s: u64,
+    pub hooks: TestHooks,
 }
 
 pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerHandle> {
-    // The channel holds the queue; the worker drains it into its own FIFO each iteration, so the
-    // bound applies to requests not yet taken in.
+    // The counter in `submit` enforces the bound; the channel's capacity is a backstop.
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue);
-    let handle = WorkerHandle {
-        tx,
-        alive: Arc::new(AtomicBool::new(true)),
-        queued: Arc::new(AtomicUsize::new(0)),
-        active: Arc::new(AtomicUsize::new(0)),
+    let shared = Arc::new(WorkerShared {
+        alive: AtomicBool::new(true),
+        waiting: AtomicUsize::new(0),
+        active: AtomicUsize::new(0),
+        steps: AtomicU64::new(0),
+        max_queue: cfg.max_queue,
         retry_after_s: cfg.retry_after_s,
-    };
-    let h = handle.clone();
+    });
+    let handle = WorkerHandle { tx, shared: shared.clone() };
     std::thread::Builder::new().name("model-worker".into()).spawn(move || {
-        let alive = h.alive.clone();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| Worker::new(model, cfg, h).run(rx)));
+        metrics::gauge!(m::WORKER_ALIVE).set(1.0);
+        // Unwinding drops the worker and the queue receiver, and with them every request's event
+        // sender: waiting handlers see their channel close and answer 503 instead of hanging.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| Worker::new(model, cfg, shared.clone()).run(rx)));
+        shared.alive.store(false, Ordering::SeqCst);
+        shared.active.store(0, Ordering::SeqCst);
+        metrics::gauge!(m::WORKER_ALIVE).set(0.0);
         if result.is_err() {
-            tracing::error!("model worker panicked outside a step; the server is no longer ready");
+            tracing::error!("the model worker died; /ready now answers 503 and generation requests get 503");
         }
-        alive.store(false, Ordering::SeqCst);
     })?;
     Ok(handle)
 }
 
 struct Slot {
+    request_id: String,
     events: UnboundedSender<WorkerEvent>,
     deadline: Instant,
+    admitted: Instant,
     last_token: Option<Instant>,
+    tokens: usize,
 }
 
 struct Worker {
@@ -114,38 +158,36 @@ struct Worker {
     slots: HashMap<SeqId, Slot>,
     pending: VecDeque<WorkItem>,
     limits: BatchLimits,
-    handle: WorkerHandle,
-    /// Queue capacity: how many items the worker takes out of the channel at most.
-    max_pending: usize,
+    shared: Arc<WorkerShared>,
+    hooks: TestHooks,
+    steps: u64,
 }
 
 impl Worker {
-    fn new(model: Arc<Flamingo>, cfg: WorkerConfig, handle: WorkerHandle) -> Self {
+    fn new(model: Arc<Flamingo>, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
         Self {
             engine: Engine::new(model),
             cache: FeatureCache::new(cfg.image_cache_entries),
             slots: HashMap::new(),
             pending: VecDeque::new(),
             limits: BatchLimits { max_batch_size: cfg.max_batch_size, max_batch_tokens: cfg.max_batch_tokens },
-            handle,
-            max_pending: cfg.max_queue,
+            shared,
+            hooks: cfg.hooks,
+            steps: 0,
         }
     }
 
     fn run(mut self, rx: Receiver<WorkItem>) {
         loop {
             if self.engine.is_empty() && self.pending.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(item) => self.take(item),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                // Idle: sleep until a request arrives; all senders gone means the server is done.
+                match rx.recv() {
+                    Ok(item) => self.pending.push_back(item),
+                    Err(_) => return,
                 }
             }
-            while self.pending.len() < self.max_pending {
-                match rx.try_recv() {
-                    Ok(item) => self.take(item),
-                    Err(_) => break,
-                }
+            while let Ok(item) = rx.try_recv() {
+                self.pending.push_back(item);
             }
             self.drop_abandoned_pending();
             self.admit_pending();
@@ -157,125 +199,231 @@ impl Worker {
         }
     }
 
-    fn take(&mut self, item: WorkItem) {
-        self.handle.queued.fetch_sub(1, Ordering::SeqCst);
-        self.pending.push_back(item);
+    fn left_queue(&self) {
+        self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn publish(&self) {
-        self.handle.active.store(self.engine.len(), Ordering::SeqCst);
-        metrics::gauge!("flamingo_batch_size").set(self.engine.len() as f64);
-        metrics::gauge!("flamingo_queue_depth")
-            .set((self.pending.len() + self.handle.queued.load(Ordering::SeqCst)) as f64);
-        metrics::gauge!("flamingo_image_cache_entries").set(self.cache.len() as f64);
+        self.shared.active.store(self.engine.len(), Ordering::SeqCst);
+        metrics::gauge!(m::ACTIVE_SEQUENCES).set(self.engine.len() as f64);
+        metrics::gauge!(m::QUEUE_DEPTH).set(self.shared.waiting.load(Ordering::SeqCst) as f64);
+        metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(self.cache.len() as f64);
     }
 
+    /// Requests whose client left or whose deadline passed while they waited never start.
     fn drop_abandoned_pending(&mut self) {
         let now = Instant::now();
-        self.pending.retain(|item| {
+        let before = self.pending.len();
+        let mut kept = VecDeque::with_capacity(before);
+        for item in self.pending.drain(..) {
             if item.events.is_closed() {
-                return false;
+                metrics::counter!(m::EVICTED, "reason" => "client_gone").increment(1);
+            } else if now > item.deadline {
+                metrics::counter!(m::EVICTED, "reason" => "deadline").increment(1);
+                let _ = item.events.send(WorkerEvent::Error(timeout_error()));
+            } else {
+                kept.push_back(item);
+                continue;
             }
-            if now > item.deadline {
-                let _ = item.events.send(WorkerEvent::Error(ApiError::new(ErrorKind::Timeout, "the request waited past its deadline")));
-                return false;
-            }
-            true
-        });
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.pending = kept;
     }
 
     fn admit_pending(&mut self) {
-        let waiting: Vec<Waiting> = self
-            .pending
-            .iter()
-            .map(|i| Waiting { prompt_tokens: i.tokens.len(), rows: i.params.num_beams })
-            .collect();
-        let n = admit(&waiting, self.engine.len(), self.engine.rows(), self.limits);
-        for _ in 0..n {
-            let Some(item) = self.pending.pop_front() else { break };
-            let started = Instant::now();
-            match self.start(&item) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let waiting: Vec<Waiting> =
+            self.pending.iter().map(|i| Waiting { prompt_tokens: i.tokens.len(), rows: i.params.num_beams }).collect();
+        let running = Running { rows: self.engine.rows(), tokens: self.engine.pending_tokens() };
+        let n = admit(&waiting, running, self.limits);
+        if n == 0 {
+            return;
+        }
+        let admitted: Vec<WorkItem> = self.pending.drain(..n).collect();
+        let now = Instant::now();
+        for item in &admitted {
+            self.left_queue();
+            let queued = now.saturating_duration_since(item.enqueued);
+            metrics::histogram!(m::QUEUE_SECONDS).record(queued.as_secs_f64());
+            let _ = item.events.send(WorkerEvent::Started { queued });
+        }
+        let features = self.encode_features(&admitted);
+        for item in admitted {
+            let span = tracing::debug_span!("prefill", request_id = %item.request_id, prompt_tokens = item.tokens.len(), images = item.images.len());
+            let _entered = span.enter();
+            match self.start(&item, &features) {
                 Ok(seq) => {
-                    let _ = item.events.send(WorkerEvent::Started { queued: started.duration_since(item.enqueued) });
-                    metrics::histogram!("flamingo_queue_seconds").record(started.duration_since(item.enqueued).as_secs_f64());
-                    self.slots.insert(seq, Slot { events: item.events, deadline: item.deadline, last_token: None });
+                    self.slots.insert(
+                        seq,
+                        Slot {
+                            request_id: item.request_id,
+                            events: item.events,
+                            deadline: item.deadline,
+                            admitted: now,
+                            last_token: None,
+                            tokens: 0,
+                        },
+                    );
                 }
                 Err(e) => {
+                    tracing::warn!(request_id = %item.request_id, error = %e, "request failed to start");
                     let _ = item.events.send(WorkerEvent::Error(e));
                 }
             }
         }
     }
 
-    /// Image features (cached by hash) and the sequence's entry in the engine.
-    fn start(&mut self, item: &WorkItem) -> Result<SeqId, ApiError> {
-        let _span = tracing::info_span!("prefill_prepare", images = item.images.len()).entered();
-        let mut latents: Vec<Option<Tensor>> = item.images.iter().map(|i| self.cache.get(&i.hash)).collect();
-        let missing: Vec<usize> = (0..latents.len()).filter(|&i| latents[i].is_none()).collect();
-        if !missing.is_empty() {
-            let pixels: Vec<&[f32]> = missing.iter().map(|&i| item.images[i].pixels.as_slice()).collect();
-            let encoded = self.engine.encode_images(&pixels).map_err(|e| ApiError::internal(format!("image encoding failed: {e}")))?;
-            for (&i, t) in missing.iter().zip(encoded) {
-                self.cache.insert(item.images[i].hash, t.clone());
-                latents[i] = Some(t);
+    /// Features of every image the admitted requests need that the cache lacks, computed in
+    /// batches (identical images once). A failed batch is retried image by image so one bad
+    /// image fails only its own requests.
+    fn encode_features(&mut self, items: &[WorkItem]) -> HashMap<cache::Key, Result<Tensor, String>> {
+        let mut out = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut missing: Vec<&ImageInput> = Vec::new();
+        for img in items.iter().flat_map(|i| &i.images) {
+            if !seen.insert(img.hash) {
+                continue;
+            }
+            match self.cache.get(&img.hash) {
+                Some(t) => {
+                    metrics::counter!(m::IMAGE_CACHE_HITS).increment(1);
+                    out.insert(img.hash, Ok(t));
+                }
+                None => {
+                    metrics::counter!(m::IMAGE_CACHE_MISSES).increment(1);
+                    missing.push(img);
+                }
             }
         }
-        let latents: Vec<Tensor> = latents.into_iter().flatten().collect();
+        for chunk in missing.chunks(MAX_IMAGES_PER_ENCODE) {
+            let started = Instant::now();
+            let pixels: Vec<&[f32]> = chunk.iter().map(|i| i.pixels.as_slice()).collect();
+            let encoded = match guarded(|| self.engine.encode_images(&pixels)) {
+                Ok(latents) => latents.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(_) if chunk.len() > 1 => chunk
+                    .iter()
+                    .map(|i| guarded(|| self.engine.encode_images(&[i.pixels.as_slice()])).map(|mut v| v.remove(0)))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            metrics::histogram!(m::ENCODE_SECONDS).record(started.elapsed().as_secs_f64());
+            for (img, latent) in chunk.iter().zip(encoded) {
+                if let Ok(t) = &latent {
+                    self.cache.insert(img.hash, t.clone());
+                }
+                out.insert(img.hash, latent);
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, item: &WorkItem, features: &HashMap<cache::Key, Result<Tensor, String>>) -> Result<SeqId, ApiError> {
+        let mut latents = Vec::with_capacity(item.images.len());
+        for img in &item.images {
+            match features.get(&img.hash) {
+                Some(Ok(t)) => latents.push(t.clone()),
+                Some(Err(e)) => return Err(ApiError::internal(format!("image encoding failed: {e}"))),
+                None => return Err(ApiError::internal("image features missing")),
+            }
+        }
         let images = if latents.is_empty() {
             None
         } else {
-            Some(Tensor::stack(&latents, 0).map_err(|e| ApiError::internal(e.to_string()))?)
+            Some(Tensor::stack(&latents, 0).map_err(|e| ApiError::internal(format!("stacking image features: {e}")))?)
         };
-        self.engine
-            .add(SequenceRequest { tokens: item.tokens.clone(), images, params: item.params.clone() })
-            .map_err(|e| ApiError::validation(e.to_string()))
+        let request = SequenceRequest { tokens: item.tokens.clone(), images, params: item.params.clone() };
+        guarded(|| self.engine.add(request)).map_err(ApiError::validation)
     }
 
     fn step(&mut self) {
-        let rows = self.engine.rows();
+        self.steps += 1;
+        self.shared.steps.store(self.steps, Ordering::SeqCst);
+        if self.hooks.panic_at_step == Some(self.steps) {
+            panic!("{} reached step {}", crate::testing::PANIC_AT_STEP, self.steps);
+        }
+        let (sequences, rows, tokens) = (self.engine.len(), self.engine.rows(), self.engine.pending_tokens());
+        let phase = if tokens > rows { "prefill" } else { "decode" };
+        let span = tracing::debug_span!("step", n = self.steps, sequences, rows, tokens, phase);
+        let _entered = span.enter();
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.engine.step()));
-        metrics::histogram!("flamingo_step_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("flamingo_step_rows").record(rows as f64);
-        let events = match outcome {
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => return self.fail_all(format!("model step failed: {e}")),
-            Err(_) => return self.fail_all("model step panicked".into()),
-        };
+        let outcome = guarded(|| self.engine.step());
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::STEP_SECONDS, "phase" => phase).record(elapsed.as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(sequences as f64);
+        metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
+        if let Some(d) = self.hooks.step_delay {
+            std::thread::sleep(d);
+        }
+        match outcome {
+            Ok(events) => self.dispatch(events),
+            // A failed step may have left some caches half-updated, so nothing in the batch can
+            // continue; the worker itself keeps serving.
+            Err(e) => self.fail_all(format!("model step failed: {e}")),
+        }
+    }
+
+    fn dispatch(&mut self, events: Vec<Event>) {
         let now = Instant::now();
+        let mut finishes: HashMap<SeqId, (FinishReason, Vec<Hypothesis>)> = HashMap::new();
+        let mut tokens = Vec::new();
         for event in events {
             match event {
-                Event::Token { seq, token } => {
-                    if let Some(slot) = self.slots.get_mut(&seq) {
-                        if let Some(prev) = slot.last_token {
-                            metrics::histogram!("flamingo_inter_token_seconds").record(now.duration_since(prev).as_secs_f64());
-                        }
-                        slot.last_token = Some(now);
-                        metrics::counter!("flamingo_generated_tokens_total").increment(1);
-                        if slot.events.send(WorkerEvent::Token(token)).is_err() {
-                            self.engine.remove(seq);
-                            self.slots.remove(&seq);
-                        }
-                    }
-                }
+                Event::Token { seq, token } => tokens.push((seq, token)),
                 Event::Finished { seq, reason, hypotheses } => {
-                    if let Some(slot) = self.slots.remove(&seq) {
-                        let _ = slot.events.send(WorkerEvent::Finished { reason, hypotheses });
-                    }
+                    finishes.insert(seq, (reason, hypotheses));
                 }
+            }
+        }
+        for (seq, token) in tokens {
+            let finish = finishes.remove(&seq).map(|(reason, _)| reason);
+            let Some(slot) = self.slots.get_mut(&seq) else { continue };
+            match slot.last_token {
+                Some(prev) => metrics::histogram!(m::INTER_TOKEN_SECONDS).record(now.duration_since(prev).as_secs_f64()),
+                None => metrics::histogram!(m::PREFILL_SECONDS).record(now.duration_since(slot.admitted).as_secs_f64()),
+            }
+            slot.last_token = Some(now);
+            slot.tokens += 1;
+            metrics::counter!(m::GENERATED_TOKENS).increment(1);
+            let gone = slot.events.send(WorkerEvent::Token { token, finish }).is_err();
+            if finish.is_some() || gone {
+                if gone {
+                    metrics::counter!(m::EVICTED, "reason" => "client_gone").increment(1);
+                    self.engine.remove(seq);
+                }
+                self.finish_slot(seq);
+            }
+        }
+        for (seq, (reason, hypotheses)) in finishes {
+            if let Some(slot) = self.slots.get(&seq) {
+                let _ = slot.events.send(WorkerEvent::Finished { reason, hypotheses });
+                self.finish_slot(seq);
             }
         }
     }
 
-    /// A step failed for a reason we cannot pin on one request: fail the batch, keep serving.
+    fn finish_slot(&mut self, seq: SeqId) {
+        if let Some(slot) = self.slots.remove(&seq) {
+            tracing::debug!(
+                request_id = %slot.request_id,
+                tokens = slot.tokens,
+                decode_ms = slot.admitted.elapsed().as_secs_f64() * 1e3,
+                "decode finished"
+            );
+        }
+    }
+
     fn fail_all(&mut self, message: String) {
-        tracing::error!("{message}; failing {} sequences", self.slots.len());
+        tracing::error!("{message}; failing the {} sequences of this batch", self.slots.len());
         for (seq, slot) in self.slots.drain() {
             self.engine.remove(seq);
             let _ = slot.events.send(WorkerEvent::Error(ApiError::internal(message.clone())));
         }
     }
 
+    /// Sequences whose client is gone (response dropped: closed connection, aborted stream,
+    /// stop sequence or filter block decided by the handler) or whose deadline passed.
     fn evict_cancelled_and_expired(&mut self) {
         let now = Instant::now();
         let gone: Vec<(SeqId, bool)> = self
@@ -295,11 +443,29 @@ impl Worker {
             self.engine.remove(seq);
             if let Some(slot) = self.slots.remove(&seq) {
                 if expired {
-                    let _ = slot.events.send(WorkerEvent::Error(ApiError::new(ErrorKind::Timeout, "the request passed its deadline")));
+                    metrics::counter!(m::EVICTED, "reason" => "deadline").increment(1);
+                    let _ = slot.events.send(WorkerEvent::Error(timeout_error()));
                 } else {
-                    metrics::counter!("flamingo_cancelled_total").increment(1);
+                    metrics::counter!(m::EVICTED, "reason" => "client_gone").increment(1);
+                    tracing::debug!(request_id = %slot.request_id, "sequence evicted: its client is gone");
                 }
             }
         }
+    }
+}
+
+fn timeout_error() -> ApiError {
+    ApiError::new(ErrorKind::Timeout, "the request passed its deadline (server.request_timeout_s)")
+}
+
+/// Runs a model call, turning both its error and a panic into a message.
+fn guarded<T>(f: impl FnOnce() -> flamingo_model::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "panicked: {}",
+            panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied()).unwrap_or("unknown")
+        )),
     }
 }

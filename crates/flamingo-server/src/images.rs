@@ -1,0 +1,144 @@
+//! Image payloads: base64 or `data:` URL -> bytes -> header probe -> decoded, resized, normalised
+//! pixels, plus a hash of the bytes for the worker's feature cache. Runs on the blocking pool.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use flamingo_model::preprocess::{self, ImageError, ImageLimits};
+use sha2::{Digest, Sha256};
+
+use crate::config::Limits;
+use crate::error::{ApiError, ErrorKind};
+
+/// A preprocessed image (`3 * 224 * 224` normalised CHW values) and the hash of its bytes.
+#[derive(Clone)]
+pub struct ImageInput {
+    pub hash: [u8; 32],
+    pub pixels: Arc<Vec<f32>>,
+}
+
+/// Standard alphabet, padding optional (browsers and Python pad, some tools do not).
+const STANDARD: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+/// URL-safe alphabet, for clients that use it.
+const URL_SAFE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+pub fn image_limits(limits: &Limits) -> ImageLimits {
+    ImageLimits {
+        max_bytes: limits.max_image_bytes,
+        max_width: limits.max_image_side,
+        max_height: limits.max_image_side,
+        max_pixels: limits.max_image_pixels,
+    }
+}
+
+/// base64 or `data:image/...;base64,` -> bytes. `what` names the field in messages.
+pub fn payload_bytes(payload: &str, limits: &Limits, what: &str) -> Result<Vec<u8>, ApiError> {
+    let payload = payload.trim();
+    if payload.starts_with("http://") || payload.starts_with("https://") {
+        return Err(ApiError::validation(format!(
+            "{what}: image URLs are not fetched by this server (server.allow_image_urls is not supported); \
+             send the image as base64 or a data:image/...;base64, URL"
+        )));
+    }
+    let b64 = match payload.strip_prefix("data:") {
+        Some(rest) => {
+            let (meta, data) =
+                rest.split_once(',').ok_or_else(|| ApiError::validation(format!("{what}: malformed data: URL (no comma)")))?;
+            let mut parts = meta.split(';');
+            let mime = parts.next().unwrap_or_default();
+            if !(mime.is_empty() || mime.starts_with("image/") || mime == "application/octet-stream") {
+                return Err(ApiError::validation(format!("{what}: data: URL of type `{mime}` is not an image")));
+            }
+            if !parts.any(|p| p.eq_ignore_ascii_case("base64")) {
+                return Err(ApiError::validation(format!("{what}: data: URLs must be base64-encoded (`;base64,`)")));
+            }
+            data
+        }
+        None => payload,
+    };
+    if b64.is_empty() {
+        return Err(ApiError::validation(format!("{what}: empty image")));
+    }
+    // Refuse before decoding: 4 base64 characters carry 3 bytes.
+    let approx = b64.len() / 4 * 3;
+    if approx > limits.max_image_bytes + 3 {
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("{what}: image of about {approx} bytes exceeds limits.max_image_bytes ({})", limits.max_image_bytes),
+        ));
+    }
+    let cleaned: String;
+    let b64 = if b64.bytes().any(|b| b.is_ascii_whitespace()) {
+        cleaned = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        cleaned.as_str()
+    } else {
+        b64
+    };
+    STANDARD
+        .decode(b64)
+        .or_else(|e| URL_SAFE.decode(b64).map_err(|_| e))
+        .map_err(|e| ApiError::validation(format!("{what}: invalid base64: {e}")))
+}
+
+fn image_error(what: &str, e: ImageError) -> ApiError {
+    let kind = if e.is_too_large() { ErrorKind::PayloadTooLarge } else { ErrorKind::Validation };
+    ApiError::new(kind, format!("{what}: {e}"))
+}
+
+/// Decodes and preprocesses one image. The header is probed first, so an image whose header
+/// claims huge dimensions is refused (413) before any pixel buffer is allocated.
+pub fn load(payload: &str, limits: &Limits, what: &str) -> Result<ImageInput, ApiError> {
+    let bytes = payload_bytes(payload, limits, what)?;
+    let il = image_limits(limits);
+    preprocess::probe(&bytes, &il).map_err(|e| image_error(what, e))?;
+    let pixels = preprocess::preprocess(&bytes, &il).map_err(|e| image_error(what, e))?;
+    Ok(ImageInput { hash: Sha256::digest(&bytes).into(), pixels: Arc::new(pixels) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+    #[test]
+    fn data_urls_and_plain_base64() {
+        let l = Limits::default();
+        assert_eq!(payload_bytes("data:image/png;base64,aGk=", &l, "x").unwrap(), b"hi");
+        assert_eq!(payload_bytes("aGk", &l, "x").unwrap(), b"hi");
+        assert_eq!(payload_bytes("aG\nk=", &l, "x").unwrap(), b"hi");
+        assert_eq!(payload_bytes("_-8", &l, "x").unwrap(), vec![0xff, 0xef]);
+        for bad in ["https://x/y.png", "%%%", "data:image/png,abc", "data:text/plain;base64,aGk=", "", "data:image/png;base64,"] {
+            let e = payload_bytes(bad, &l, "images[0]").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Validation, "{bad}");
+            assert!(e.message.starts_with("images[0]"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn oversized_payloads_are_413_before_decoding() {
+        let l = Limits { max_image_bytes: 10, ..Limits::default() };
+        let e = payload_bytes(&"A".repeat(400), &l, "x").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn images_decode_and_hash_by_bytes() {
+        let l = Limits::default();
+        let a = load(PNG_1X1, &l, "x").unwrap();
+        let b = load(&format!("data:image/png;base64,{PNG_1X1}"), &l, "x").unwrap();
+        assert_eq!(a.pixels.len(), 3 * 224 * 224);
+        assert_eq!(a.hash, b.hash);
+        let e = load("aGVsbG8gd29ybGQ=", &l, "x").err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Validation);
+        // A truncated PNG (header only) is malformed input, not a server error.
+        let truncated = &PNG_1X1[..40];
+        assert_eq!(load(truncated, &l, "x").err().unwrap().kind, ErrorKind::Validation);
+    }
+}

@@ -1,0 +1,91 @@
+//! Prometheus metrics: names in one place, histogram buckets (the exporter renders summaries
+//! otherwise, which cannot be aggregated across replicas), and descriptions for `# HELP`.
+
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "flamingo_requests_total";
+pub const REQUEST_SECONDS: &str = "flamingo_request_duration_seconds";
+pub const QUEUE_DEPTH: &str = "flamingo_queue_depth";
+pub const ACTIVE_SEQUENCES: &str = "flamingo_active_sequences";
+pub const BATCH_SIZE: &str = "flamingo_batch_size";
+pub const BATCH_TOKENS: &str = "flamingo_batch_tokens";
+pub const STEP_SECONDS: &str = "flamingo_step_duration_seconds";
+pub const QUEUE_SECONDS: &str = "flamingo_queue_duration_seconds";
+pub const PREFILL_SECONDS: &str = "flamingo_prefill_duration_seconds";
+pub const ENCODE_SECONDS: &str = "flamingo_image_encode_duration_seconds";
+pub const TTFT_SECONDS: &str = "flamingo_time_to_first_token_seconds";
+pub const INTER_TOKEN_SECONDS: &str = "flamingo_inter_token_latency_seconds";
+pub const GENERATION_SECONDS: &str = "flamingo_generation_duration_seconds";
+pub const PREPARE_SECONDS: &str = "flamingo_prepare_duration_seconds";
+pub const GENERATED_TOKENS: &str = "flamingo_generated_tokens_total";
+pub const PROMPT_TOKENS: &str = "flamingo_prompt_tokens_total";
+pub const GENERATED_PER_REQUEST: &str = "flamingo_request_generated_tokens";
+pub const FILTER_ACTIONS: &str = "flamingo_filter_actions_total";
+pub const EVICTED: &str = "flamingo_sequences_evicted_total";
+pub const FINISHED: &str = "flamingo_requests_finished_total";
+pub const IMAGE_CACHE_HITS: &str = "flamingo_image_cache_hits_total";
+pub const IMAGE_CACHE_MISSES: &str = "flamingo_image_cache_misses_total";
+pub const IMAGE_CACHE_ENTRIES: &str = "flamingo_image_cache_entries";
+pub const WORKER_ALIVE: &str = "flamingo_worker_alive";
+pub const READY: &str = "flamingo_ready";
+
+/// Latency buckets from 1 ms (tiny model, per-token on a GPU) to 10 min (a long CPU generation).
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+const COUNTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+
+/// Installs the global recorder; call once per process.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNTS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), COUNTS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GENERATED_PER_REQUEST.into()), COUNTS))
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("metrics: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+/// Histograms are drained into their buckets on upkeep; run it in the background.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "HTTP requests by route and status");
+    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "HTTP request duration until the response head, by route");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting to join the batch");
+    describe_gauge!(ACTIVE_SEQUENCES, "Sequences in the running batch");
+    describe_histogram!(BATCH_SIZE, "Sequences per model step");
+    describe_histogram!(BATCH_TOKENS, "Tokens processed per model step (prefill + decode)");
+    describe_histogram!(STEP_SECONDS, Unit::Seconds, "Model step duration, phase=prefill when a prompt joined");
+    describe_histogram!(QUEUE_SECONDS, Unit::Seconds, "Time from queueing to joining the batch");
+    describe_histogram!(PREFILL_SECONDS, Unit::Seconds, "Time from joining the batch to the first token");
+    describe_histogram!(ENCODE_SECONDS, Unit::Seconds, "Vision tower + resampler time per encode batch");
+    describe_histogram!(TTFT_SECONDS, Unit::Seconds, "Time from request arrival to the first generated token");
+    describe_histogram!(INTER_TOKEN_SECONDS, Unit::Seconds, "Time between two tokens of a sequence");
+    describe_histogram!(GENERATION_SECONDS, Unit::Seconds, "Time from request arrival to the last token");
+    describe_histogram!(PREPARE_SECONDS, Unit::Seconds, "Tokenization and image decoding per request");
+    describe_counter!(GENERATED_TOKENS, "Generated tokens");
+    describe_counter!(PROMPT_TOKENS, "Prompt tokens of admitted requests");
+    describe_histogram!(GENERATED_PER_REQUEST, "Generated tokens per request");
+    describe_counter!(FILTER_ACTIONS, "Outputs the content filter acted on, by action (censor|block)");
+    describe_counter!(EVICTED, "Sequences removed before finishing, by reason (client_gone|deadline)");
+    describe_counter!(FINISHED, "Finished generations by finish_reason");
+    describe_counter!(IMAGE_CACHE_HITS, "Images whose features came from the cache");
+    describe_counter!(IMAGE_CACHE_MISSES, "Images encoded by the vision tower");
+    describe_gauge!(IMAGE_CACHE_ENTRIES, "Image features in the cache");
+    describe_gauge!(WORKER_ALIVE, "1 while the model worker thread runs");
+    describe_gauge!(READY, "1 when /ready answers 200");
+}

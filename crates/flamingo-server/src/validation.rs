@@ -1,0 +1,220 @@
+//! Request checks before anything is queued: parameter ranges (cheap, on the async thread), then
+//! tokenization, `<image>` count, token limits and the images themselves (on the blocking pool).
+//! Every failure is a 4xx naming the field; the model's own checks (`Engine::validate`) run here
+//! too, so the worker only ever sees requests it can run.
+
+use std::sync::Arc;
+
+use flamingo_model::engine::{Engine, GenerationParams};
+use flamingo_model::sampling::SamplingParams;
+use flamingo_model::tokenizer::FlamingoTokenizer;
+
+use crate::api::Parameters;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::images::{self, ImageInput};
+use crate::prompt::Rendered;
+
+/// What preparation needs from the loaded model.
+pub struct PrepContext {
+    pub tokenizer: Arc<FlamingoTokenizer>,
+    pub limits: Limits,
+    pub max_positions: usize,
+    /// Never stepped: only its `validate` (the model's rules for a sequence) is used.
+    pub checker: Engine,
+}
+
+/// Validated parameters; `max_new_tokens` is settled once the prompt length is known.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub sampling: SamplingParams,
+    /// None: the default, clamped to the context the prompt leaves.
+    pub max_new_tokens: Option<usize>,
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    pub stop: Vec<String>,
+    /// The seed used when sampling (reported back, as TGI does).
+    pub seed: Option<u64>,
+    pub details: bool,
+    pub decoder_input_details: bool,
+    pub return_full_text: bool,
+}
+
+pub struct Prepared {
+    pub prompt: String,
+    pub tokens: Vec<u32>,
+    pub images: Vec<ImageInput>,
+    pub params: GenerationParams,
+    pub resolved: Resolved,
+}
+
+fn bad(param: &str, message: String) -> ApiError {
+    ApiError::validation(message).param(param)
+}
+
+/// Range checks with TGI's semantics: setting `temperature` (other than 1), `top_k` or `top_p`
+/// (below 1) turns sampling on even without `do_sample`.
+pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
+    p.check_unsupported()?;
+    let max_new = p.max_new_tokens.map(|n| n as usize);
+    if let Some(n) = max_new {
+        if n == 0 || n > l.max_new_tokens {
+            return Err(bad("max_new_tokens", format!("`max_new_tokens` must be between 1 and {} (got {n})", l.max_new_tokens)));
+        }
+    }
+    if let Some(t) = p.temperature {
+        if !(t > 0.0 && t.is_finite() && t <= 100.0) {
+            return Err(bad("temperature", format!("`temperature` must be > 0 and <= 100 (got {t}); use do_sample=false for greedy")));
+        }
+    }
+    if let Some(k) = p.top_k {
+        if k < 1 {
+            return Err(bad("top_k", format!("`top_k` must be >= 1 (got {k})")));
+        }
+    }
+    if let Some(tp) = p.top_p {
+        if !(tp > 0.0 && tp <= 1.0) {
+            return Err(bad("top_p", format!("`top_p` must be > 0 and <= 1 (got {tp})")));
+        }
+    }
+    if let Some(r) = p.repetition_penalty {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(bad("repetition_penalty", format!("`repetition_penalty` must be > 0 (got {r})")));
+        }
+    }
+    let beams = p.num_beams.unwrap_or(1) as usize;
+    if beams == 0 || beams > l.max_beams {
+        return Err(bad("num_beams", format!("`num_beams` must be between 1 and {} (got {beams})", l.max_beams)));
+    }
+    let length_penalty = p.length_penalty.unwrap_or(1.0);
+    if !length_penalty.is_finite() {
+        return Err(bad("length_penalty", "`length_penalty` must be a finite number".into()));
+    }
+    let stop = p.stop.clone().unwrap_or_default();
+    if stop.len() > l.max_stop_sequences {
+        return Err(bad("stop", format!("at most {} stop sequences (got {})", l.max_stop_sequences, stop.len())));
+    }
+    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > 256) {
+        return Err(bad("stop", format!("stop sequences must be 1 to 256 bytes (got {} bytes)", s.len())));
+    }
+    let do_sample = p.do_sample.unwrap_or(false)
+        || p.top_k.is_some()
+        || p.top_p.is_some_and(|x| x < 1.0)
+        || p.temperature.is_some_and(|t| t != 1.0);
+    if do_sample && beams > 1 {
+        return Err(bad("num_beams", "beam search is deterministic here: do not combine num_beams > 1 with sampling".into()));
+    }
+    let seed = do_sample.then(|| p.seed.unwrap_or_else(rand::random));
+    Ok(Resolved {
+        sampling: SamplingParams {
+            do_sample,
+            temperature: p.temperature.unwrap_or(1.0),
+            top_k: p.top_k.map(|k| k as usize),
+            top_p: p.top_p,
+            repetition_penalty: p.repetition_penalty,
+            seed: seed.unwrap_or(0),
+        },
+        max_new_tokens: max_new,
+        num_beams: beams,
+        length_penalty,
+        stop,
+        seed,
+        details: p.details.unwrap_or(false),
+        decoder_input_details: p.decoder_input_details.unwrap_or(false),
+        return_full_text: p.return_full_text.unwrap_or(false),
+    })
+}
+
+/// Tokenizes, checks counts and limits, then decodes the images (the expensive part, last).
+pub fn prepare(rendered: Rendered, resolved: Resolved, ctx: &PrepContext) -> Result<Prepared, ApiError> {
+    let l = &ctx.limits;
+    let n_images = rendered.images.len();
+    if n_images > l.max_images {
+        return Err(bad("images", format!("at most {} images per request (got {n_images})", l.max_images)));
+    }
+    let tok = &ctx.tokenizer;
+    let tokens = tok.encode(&rendered.prompt).map_err(|e| bad("inputs", format!("cannot tokenize the prompt: {e}")))?;
+    let markers = tokens.iter().filter(|&&t| t == tok.image_id).count();
+    if markers != n_images {
+        return Err(bad("images", format!("the prompt has {markers} <image> markers but {n_images} images were given")));
+    }
+    if tokens.len() > l.max_input_tokens {
+        return Err(bad("inputs", format!("the prompt has {} tokens; limits.max_input_tokens is {}", tokens.len(), l.max_input_tokens)));
+    }
+    let room = ctx.max_positions.saturating_sub(tokens.len());
+    let max_new_tokens = match resolved.max_new_tokens {
+        Some(n) => n,
+        None if room == 0 => {
+            return Err(bad("inputs", format!("the prompt has {} tokens and fills the model's {} positions", tokens.len(), ctx.max_positions)))
+        }
+        None => l.default_max_new_tokens.min(room),
+    };
+    if tokens.len() + max_new_tokens > ctx.max_positions {
+        return Err(bad(
+            "max_new_tokens",
+            format!(
+                "the prompt ({} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {} positions",
+                tokens.len(),
+                ctx.max_positions
+            ),
+        ));
+    }
+    let params = GenerationParams {
+        max_new_tokens,
+        sampling: resolved.sampling.clone(),
+        num_beams: resolved.num_beams,
+        length_penalty: resolved.length_penalty,
+        stop_tokens: vec![tok.end_of_chunk_id, tok.eos_id],
+    };
+    ctx.checker.validate(&tokens, n_images, &params).map_err(|e| bad("inputs", e.to_string()))?;
+    let images = rendered
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| images::load(payload, l, &format!("image {}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared { prompt: rendered.prompt, tokens, images, params, resolved })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: Parameters) -> bool {
+        resolve(&p, &Limits::default()).is_ok()
+    }
+
+    #[test]
+    fn parameter_ranges() {
+        assert!(ok(Parameters::default()));
+        assert!(!ok(Parameters { max_new_tokens: Some(0), ..Default::default() }));
+        assert!(!ok(Parameters { max_new_tokens: Some(100_000), ..Default::default() }));
+        assert!(!ok(Parameters { top_p: Some(1.5), ..Default::default() }));
+        assert!(!ok(Parameters { top_p: Some(0.0), ..Default::default() }));
+        assert!(!ok(Parameters { top_k: Some(0), ..Default::default() }));
+        assert!(!ok(Parameters { temperature: Some(0.0), ..Default::default() }));
+        assert!(!ok(Parameters { temperature: Some(f64::NAN), ..Default::default() }));
+        assert!(!ok(Parameters { repetition_penalty: Some(-1.0), ..Default::default() }));
+        assert!(!ok(Parameters { num_beams: Some(99), ..Default::default() }));
+        assert!(!ok(Parameters { num_beams: Some(0), ..Default::default() }));
+        assert!(!ok(Parameters { num_beams: Some(2), do_sample: Some(true), ..Default::default() }));
+        assert!(!ok(Parameters { stop: Some(vec!["".into()]), ..Default::default() }));
+        assert!(!ok(Parameters { stop: Some(vec!["a".into(); 5]), ..Default::default() }));
+        assert!(!ok(Parameters { best_of: Some(2), ..Default::default() }));
+        assert!(!ok(Parameters { truncate: Some(10), ..Default::default() }));
+        assert!(ok(Parameters { best_of: Some(1), watermark: Some(false), top_n_tokens: Some(0), ..Default::default() }));
+        assert!(ok(Parameters { num_beams: Some(3), length_penalty: Some(0.5), ..Default::default() }));
+    }
+
+    #[test]
+    fn sampling_follows_tgi() {
+        let r = resolve(&Parameters { temperature: Some(0.7), seed: Some(5), ..Default::default() }, &Limits::default()).unwrap();
+        assert!(r.sampling.do_sample);
+        assert_eq!((r.seed, r.sampling.seed), (Some(5), 5));
+        let r = resolve(&Parameters { do_sample: Some(true), ..Default::default() }, &Limits::default()).unwrap();
+        assert!(r.seed.is_some(), "a sampled request reports the seed it drew");
+        let r = resolve(&Parameters { seed: Some(5), ..Default::default() }, &Limits::default()).unwrap();
+        assert!(!r.sampling.do_sample);
+        assert_eq!(r.seed, None);
+    }
+}
