@@ -18,6 +18,10 @@ pub struct Args {
     )]
     pub url: String,
 
+    /// Sent as `Authorization: Bearer <key>` when the server has API keys configured.
+    #[arg(long, env = "FLAMINGO_LOADTEST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Closed loop: this many clients, each sending its next request when the previous ends.
     /// Ignored when --rate is given.
     #[arg(short, long, default_value_t = 8)]
@@ -48,7 +52,7 @@ pub struct Args {
 
     /// Workload mix, kind=weight pairs. Kinds: generate, generate_stream, chat, chat_stream,
     /// fewshot, fewshot_stream, bad_base64, wrong_image_count, malformed_json, disconnect.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = crate::workload::DEFAULT_MIX)]
     pub mix: String,
 
     /// Images used as payloads.
@@ -68,6 +72,11 @@ pub struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+
+    /// Write one JSON line per request here (index, kind, status, class, sent_at_s, latency_ms,
+    /// ttft_ms, tokens): raw samples for pooling several runs (the proxy run's TTFT comparison).
+    #[arg(long)]
+    pub samples_out: Option<PathBuf>,
 
     /// Write the SVG plot (latency and throughput over time) here.
     #[arg(long)]
@@ -160,6 +169,11 @@ impl Args {
         if let Some(e) = self.max_error_rate {
             if !(0.0..=1.0).contains(&e) {
                 return Err("--max-error-rate is a fraction in 0..=1".into());
+            }
+        }
+        if let Some(k) = &self.api_key {
+            if k.is_empty() || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                return Err("--api-key must be non-empty printable ASCII without spaces".into());
             }
         }
         // Built without a TLS stack: the tool targets loopback or the proxy under test.

@@ -56,8 +56,16 @@ struct State {
     detail: Option<String>,
 }
 
-pub fn build_client(concurrency: usize) -> reqwest::Client {
+pub fn build_client(concurrency: usize, api_key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .expect("API key is a valid header value");
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         // Keep one idle connection per worker so steady-state runs do not reconnect.
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
@@ -371,7 +379,7 @@ mod tests {
 
     async fn run(response: Option<&'static [u8]>, r: Request, timeout_ms: u64) -> Record {
         let url = canned(response).await;
-        let client = build_client(1);
+        let client = build_client(1, None);
         execute(
             &client,
             &url,

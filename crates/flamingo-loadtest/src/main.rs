@@ -44,15 +44,22 @@ fn main() -> ExitCode {
 
 /// Runs the load and writes the outputs; `Ok(passed)`.
 async fn run(args: Args) -> Result<bool> {
-    let mix = if args.mix.trim().is_empty() {
-        Mix::default_mix()
-    } else {
-        Mix::parse(&args.mix)?
-    };
+    let mix = Mix::parse(&args.mix)?;
+    // The default images dir is relative to the repo root; from elsewhere fall back to the
+    // fixture next to this crate's source (the usual case when run via an absolute path).
+    let mut images_dir = args.images_dir.clone();
+    if !images_dir.exists() && images_dir.is_relative() {
+        let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(&images_dir);
+        if beside.exists() {
+            images_dir = beside;
+        }
+    }
     let workload = Arc::new(Workload::new(
         mix.clone(),
         args.seed,
-        &args.images_dir,
+        &images_dir,
         args.min_tokens,
         args.max_tokens,
     )?);
@@ -76,7 +83,7 @@ async fn run(args: Args) -> Result<bool> {
         timeout: Duration::from_secs_f64(args.timeout),
         progress: !args.no_progress,
     };
-    let client = client::build_client(pool);
+    let client = client::build_client(pool, args.api_key.as_deref());
     let result = runner::run(workload.clone(), client, args.url.clone(), plan).await;
 
     let report = Report::build(
@@ -90,6 +97,14 @@ async fn run(args: Args) -> Result<bool> {
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.samples_out {
+        let lines: String = result
+            .records
+            .iter()
+            .map(|r| report::sample_line(r) + "\n")
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
         std::fs::write(path, plot::svg(&report, &result.records))

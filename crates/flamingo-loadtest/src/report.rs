@@ -353,6 +353,21 @@ impl Report {
     }
 }
 
+/// One line of `--samples-out`.
+pub fn sample_line(r: &Record) -> String {
+    serde_json::json!({
+        "index": r.index,
+        "kind": r.kind.name(),
+        "status": r.status,
+        "class": r.class.name(),
+        "sent_at_s": round3(r.sent_at),
+        "latency_ms": round3(r.latency * 1000.0),
+        "ttft_ms": r.ttft.map(|t| round3(t * 1000.0)),
+        "tokens": r.tokens,
+    })
+    .to_string()
+}
+
 fn kv(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k}={v}"))

@@ -83,16 +83,11 @@ pub struct Mix {
     total: u32,
 }
 
-impl Mix {
-    /// Default: mostly valid traffic across all routes, ~9% bad inputs, ~5% disconnects.
-    pub fn default_mix() -> Mix {
-        Mix::parse(
-            "generate=25,generate_stream=25,chat=10,chat_stream=10,fewshot=6,fewshot_stream=6,\
-             bad_base64=3,wrong_image_count=3,malformed_json=3,disconnect=5",
-        )
-        .expect("default mix parses")
-    }
+/// Default mix: mostly valid traffic across all routes, ~9% bad inputs, ~5% disconnects.
+pub const DEFAULT_MIX: &str = "generate=25,generate_stream=25,chat=10,chat_stream=10,fewshot=6,\
+fewshot_stream=6,bad_base64=3,wrong_image_count=3,malformed_json=3,disconnect=5";
 
+impl Mix {
     /// `kind=weight,...`; kinds not named get weight 0.
     pub fn parse(s: &str) -> Result<Mix> {
         let mut weights = Vec::new();
@@ -430,7 +425,7 @@ mod tests {
         assert!(Mix::parse("generate=0").is_err());
         assert!(Mix::parse("nope=1").is_err());
         assert!(Mix::parse("generate").is_err());
-        Mix::default_mix();
+        Mix::parse(DEFAULT_MIX).unwrap();
     }
 
     #[test]
