@@ -46,7 +46,7 @@ def level(host, port, body, concurrency, n):
             dt, timing, ntok = request(host, port, body)
             with lock:
                 lat.append(dt); toks[0] += ntok
-                over.append(dt * 1e3 - timing.get("queue", 0) - timing.get("generate", 0))
+                over.append(dt * 1e3 - timing.get("queue", 0) - timing.get("model", timing.get("generate", 0)))
     t = time.perf_counter()
     ths = [threading.Thread(target=worker) for _ in range(concurrency)]
     [th.start() for th in ths]; [th.join() for th in ths]
