@@ -37,9 +37,14 @@ pub struct Parameters {
 impl Parameters {
     /// Refuses the TGI options this server does not implement, naming them.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        let refuse = |name: &str, why: &str| Err(ApiError::validation(format!("`{name}` {why}")).param(name));
+        let refuse = |name: &str, why: &str| {
+            Err(ApiError::validation(format!("`{name}` {why}")).param(name))
+        };
         if self.best_of.is_some_and(|b| b > 1) {
-            return refuse("best_of", "> 1 is not supported; use num_beams for beam search");
+            return refuse(
+                "best_of",
+                "> 1 is not supported; use num_beams for beam search",
+            );
         }
         if self.typical_p.is_some_and(|p| p < 1.0) {
             return refuse("typical_p", "is not supported");
@@ -48,13 +53,19 @@ impl Parameters {
             return refuse("watermark", "is not supported");
         }
         if self.truncate.is_some() {
-            return refuse("truncate", "is not supported: cutting a prompt would drop its images");
+            return refuse(
+                "truncate",
+                "is not supported: cutting a prompt would drop its images",
+            );
         }
         if self.top_n_tokens.is_some_and(|n| n > 0) {
             return refuse("top_n_tokens", "is not supported");
         }
         if self.frequency_penalty.is_some_and(|p| p != 0.0) {
-            return refuse("frequency_penalty", "is not supported; use repetition_penalty");
+            return refuse(
+                "frequency_penalty",
+                "is not supported; use repetition_penalty",
+            );
         }
         if self.grammar.as_ref().is_some_and(|g| !g.is_null()) {
             return refuse("grammar", "is not supported");

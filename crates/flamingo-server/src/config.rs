@@ -160,13 +160,21 @@ pub struct FilterSection {
 impl Default for FilterSection {
     fn default() -> Self {
         let d = FilterConfig::default();
-        Self { mode: d.mode, threshold: d.threshold, allowlist: d.allowlist }
+        Self {
+            mode: d.mode,
+            threshold: d.threshold,
+            allowlist: d.allowlist,
+        }
     }
 }
 
 impl FilterSection {
     pub fn to_filter_config(&self) -> FilterConfig {
-        FilterConfig { mode: self.mode, threshold: self.threshold, allowlist: self.allowlist }
+        FilterConfig {
+            mode: self.mode,
+            threshold: self.threshold,
+            allowlist: self.allowlist,
+        }
     }
 }
 
@@ -188,34 +196,57 @@ pub struct Loaded {
 
 const SECTIONS: [&str; 4] = ["server", "model", "limits", "filter"];
 /// Keys whose default is `None` (absent from the serialised defaults); all are paths.
-const OPTIONAL_PATH_KEYS: [&str; 6] =
-    ["llama_dir", "vision_weights", "vision_hf_dir", "checkpoint", "flamingo_config", "tokenizer"];
+const OPTIONAL_PATH_KEYS: [&str; 6] = [
+    "llama_dir",
+    "vision_weights",
+    "vision_hf_dir",
+    "checkpoint",
+    "flamingo_config",
+    "tokenizer",
+];
 /// `FLAMINGO_*` variables that are not configuration keys.
 const NOT_CONFIG_VARS: [&str; 1] = ["FLAMINGO_CONFIG"];
 
 impl Config {
     /// File (if any), then `FLAMINGO_*` environment overrides. Call [`Config::validate`] after the
     /// CLI flags are applied.
-    pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
         let (mut table, origin) = match path {
             Some(p) => {
-                let file_err = |message: String| ConfigError::File { path: p.to_path_buf(), message };
+                let file_err = |message: String| ConfigError::File {
+                    path: p.to_path_buf(),
+                    message,
+                };
                 let text = std::fs::read_to_string(p).map_err(|e| file_err(e.to_string()))?;
-                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+                let table: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
                 // Checked before the environment is merged, so the message blames the file.
-                Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| file_err(e.to_string()))?;
+                Config::deserialize(toml::Value::Table(table.clone()))
+                    .map_err(|e| file_err(e.to_string()))?;
                 (table, p.display().to_string())
             }
             None => (toml::Table::new(), "<defaults>".to_string()),
         };
         let warnings = apply_env(&mut table, env)?;
-        let config = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::File { path: format!("{origin} + FLAMINGO_* environment").into(), message: e.to_string() })?;
+        let config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::File {
+                path: format!("{origin} + FLAMINGO_* environment").into(),
+                message: e.to_string(),
+            })?;
         Ok(Loaded { config, warnings })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_batch_size", l.max_batch_size),
@@ -232,31 +263,66 @@ impl Config {
             }
         }
         if l.default_max_new_tokens > l.max_new_tokens {
-            return bad("limits.default_max_new_tokens", format!("must not exceed limits.max_new_tokens ({})", l.max_new_tokens));
+            return bad(
+                "limits.default_max_new_tokens",
+                format!(
+                    "must not exceed limits.max_new_tokens ({})",
+                    l.max_new_tokens
+                ),
+            );
         }
         if l.max_beams > l.max_batch_size {
-            return bad("limits.max_beams", format!("must not exceed limits.max_batch_size ({})", l.max_batch_size));
+            return bad(
+                "limits.max_beams",
+                format!(
+                    "must not exceed limits.max_batch_size ({})",
+                    l.max_batch_size
+                ),
+            );
         }
         if l.max_image_side == 0 || l.max_image_pixels == 0 {
-            return bad("limits.max_image_side / limits.max_image_pixels", "must be at least 1".into());
+            return bad(
+                "limits.max_image_side / limits.max_image_pixels",
+                "must be at least 1".into(),
+            );
         }
         let one_of = |key: &str, v: &str, allowed: &[&str]| {
             if allowed.contains(&v) {
                 Ok(())
             } else {
-                bad(key, format!("`{v}`; expected one of {}", allowed.join(", ")))
+                bad(
+                    key,
+                    format!("`{v}`; expected one of {}", allowed.join(", ")),
+                )
             }
         };
         one_of("model.dtype", &self.model.dtype, &["f32", "f16", "bf16"])?;
-        one_of("model.media_rule", &self.model.media_rule, &["next_image", "previous_image"])?;
-        one_of("model.quantization", &self.model.quantization, &["none", "q8_0", "q4k"])?;
-        one_of("server.log_format", &self.server.log_format, &["text", "json"])?;
+        one_of(
+            "model.media_rule",
+            &self.model.media_rule,
+            &["next_image", "previous_image"],
+        )?;
+        one_of(
+            "model.quantization",
+            &self.model.quantization,
+            &["none", "q8_0", "q4k"],
+        )?;
+        one_of(
+            "server.log_format",
+            &self.server.log_format,
+            &["text", "json"],
+        )?;
         let device = self.model.device.as_str();
         let device_ok = device == "cpu"
             || device == "cuda"
-            || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            || device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
         if !device_ok {
-            return bad("model.device", format!("`{device}`; expected cpu, cuda or cuda:N"));
+            return bad(
+                "model.device",
+                format!("`{device}`; expected cpu, cuda or cuda:N"),
+            );
         }
         if self.model.id.trim().is_empty() {
             return bad("model.id", "must not be empty".into());
@@ -271,15 +337,27 @@ impl Config {
         if s.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
-        if s.api_keys.iter().any(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
-            return bad("server.api_keys", "keys must be non-empty and contain no whitespace".into());
+        if s.api_keys
+            .iter()
+            .any(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace))
+        {
+            return bad(
+                "server.api_keys",
+                "keys must be non-empty and contain no whitespace".into(),
+            );
         }
         for o in &s.cors_origins {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                return bad("server.cors_origins", format!("`{o}`: expected \"*\" or an origin like https://demo.example.com"));
+                return bad(
+                    "server.cors_origins",
+                    format!("`{o}`: expected \"*\" or an origin like https://demo.example.com"),
+                );
             }
             if axum::http::HeaderValue::from_str(o).is_err() {
-                return bad("server.cors_origins", format!("`{o}` is not a valid header value"));
+                return bad(
+                    "server.cors_origins",
+                    format!("`{o}` is not a valid header value"),
+                );
             }
         }
         if s.allow_image_urls || !s.image_url_allowlist.is_empty() {
@@ -293,7 +371,8 @@ impl Config {
 
     /// The effective configuration as TOML (`--print-config`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 }
 
@@ -302,39 +381,59 @@ impl Config {
 /// that names no key is reported back as a warning rather than refused: the environment is shared
 /// with other tools (`FLAMINGO_SERVER_BIN` is the browser test's), and a file is where typos stop
 /// startup.
-fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<Vec<String>, ConfigError> {
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
     let defaults = match toml::Value::try_from(Config::default()) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
     };
     let mut warnings = Vec::new();
-    let mut vars: Vec<(String, String)> = vars.filter(|(k, _)| k.starts_with("FLAMINGO_")).collect();
+    let mut vars: Vec<(String, String)> =
+        vars.filter(|(k, _)| k.starts_with("FLAMINGO_")).collect();
     vars.sort();
     for (var, raw) in vars {
         if NOT_CONFIG_VARS.contains(&var.as_str()) || var.starts_with(crate::testing::ENV_PREFIX) {
             continue;
         }
         let lower = var["FLAMINGO_".len()..].to_ascii_lowercase();
-        let found = SECTIONS.iter().find_map(|s| lower.strip_prefix(&format!("{s}_")).map(|k| (*s, k.to_string())));
+        let found = SECTIONS.iter().find_map(|s| {
+            lower
+                .strip_prefix(&format!("{s}_"))
+                .map(|k| (*s, k.to_string()))
+        });
         let Some((section, key)) = found else {
             warnings.push(format!("ignoring {var}: it names no configuration section"));
             continue;
         };
         let default = defaults.get(section).and_then(|t| t.get(&key));
         let value = match default {
-            Some(d) => typed(&raw, d).map_err(|message| ConfigError::Env { var: var.clone(), message })?,
-            None if section == "model" && OPTIONAL_PATH_KEYS.contains(&key.as_str()) => toml::Value::String(raw.clone()),
+            Some(d) => typed(&raw, d).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?,
+            None if section == "model" && OPTIONAL_PATH_KEYS.contains(&key.as_str()) => {
+                toml::Value::String(raw.clone())
+            }
             None => {
                 warnings.push(format!("ignoring {var}: there is no key {section}.{key}"));
                 continue;
             }
         };
-        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry {
             toml::Value::Table(t) => {
                 t.insert(key, value);
             }
-            _ => return Err(ConfigError::Env { var, message: format!("`{section}` is not a table in the file") }),
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{section}` is not a table in the file"),
+                })
+            }
         }
     }
     Ok(warnings)
@@ -344,10 +443,16 @@ fn typed(raw: &str, like: &toml::Value) -> Result<toml::Value, String> {
     let raw_t = raw.trim();
     Ok(match like {
         toml::Value::String(_) => toml::Value::String(raw.to_string()),
-        toml::Value::Integer(_) => {
-            toml::Value::Integer(raw_t.parse().map_err(|_| format!("expected an integer, got `{raw}`"))?)
-        }
-        toml::Value::Float(_) => toml::Value::Float(raw_t.parse().map_err(|_| format!("expected a number, got `{raw}`"))?),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw_t
+                .parse()
+                .map_err(|_| format!("expected an integer, got `{raw}`"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw_t
+                .parse()
+                .map_err(|_| format!("expected a number, got `{raw}`"))?,
+        ),
         toml::Value::Boolean(_) => toml::Value::Boolean(match raw_t {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
@@ -359,7 +464,12 @@ fn typed(raw: &str, like: &toml::Value) -> Result<toml::Value, String> {
             .and_then(|mut t| t.remove("v"))
             .ok_or_else(|| format!("expected a TOML array, got `{raw}`"))?,
         toml::Value::Array(_) => toml::Value::Array(
-            raw_t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+            raw_t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
         ),
         _ => toml::Value::String(raw.to_string()),
     })
@@ -370,7 +480,11 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]
@@ -402,11 +516,22 @@ mod tests {
 
     #[test]
     fn bad_env_values_name_the_variable_and_unknown_ones_warn() {
-        let e = Config::load(None, env(&[("FLAMINGO_SERVER_PORT", "eighty")])).err().unwrap();
+        let e = Config::load(None, env(&[("FLAMINGO_SERVER_PORT", "eighty")]))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("FLAMINGO_SERVER_PORT"), "{e}");
-        let e = Config::load(None, env(&[("FLAMINGO_FILTER_MODE", "loud")])).err().unwrap();
+        let e = Config::load(None, env(&[("FLAMINGO_FILTER_MODE", "loud")]))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("loud"), "{e}");
-        let loaded = Config::load(None, env(&[("FLAMINGO_SERVER_BIN", "x"), ("FLAMINGO_TEST_STEP_DELAY_MS", "5")])).unwrap();
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("FLAMINGO_SERVER_BIN", "x"),
+                ("FLAMINGO_TEST_STEP_DELAY_MS", "5"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].contains("FLAMINGO_SERVER_BIN"));
     }
@@ -437,8 +562,14 @@ mod tests {
         check(&|c| c.model.dtype = "f64".into(), "model.dtype");
         check(&|c| c.model.device = "tpu".into(), "model.device");
         check(&|c| c.model.device = "cuda:x".into(), "model.device");
-        check(&|c| c.server.cors_origins = vec!["demo.example".into()], "server.cors_origins");
-        check(&|c| c.server.allow_image_urls = true, "server.allow_image_urls");
+        check(
+            &|c| c.server.cors_origins = vec!["demo.example".into()],
+            "server.cors_origins",
+        );
+        check(
+            &|c| c.server.allow_image_urls = true,
+            "server.allow_image_urls",
+        );
         check(&|c| c.limits.max_beams = 64, "limits.max_beams");
         Config::default().validate().unwrap();
         let mut c = Config::default();
@@ -449,7 +580,27 @@ mod tests {
     #[test]
     fn default_toml_is_the_defaults() {
         let text = include_str!("../../../config/default.toml");
-        let from_file: Config = toml::from_str(text).expect("config/default.toml parses with no unknown keys");
+        let written: toml::Table = text.parse().unwrap();
+        let defaults = match toml::Value::try_from(Config::default()).unwrap() {
+            toml::Value::Table(t) => t,
+            _ => unreachable!(),
+        };
+        for (section, keys) in &defaults {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    written.get(section).and_then(|t| t.get(key)).is_some(),
+                    "config/default.toml lacks {section}.{key}"
+                );
+            }
+        }
+        for key in OPTIONAL_PATH_KEYS {
+            assert!(
+                text.contains(&format!("# {key} = ")),
+                "config/default.toml does not show model.{key}"
+            );
+        }
+        let from_file: Config =
+            toml::from_str(text).expect("config/default.toml parses with no unknown keys");
         from_file.validate().unwrap();
         assert_eq!(
             toml::Value::try_from(&from_file).unwrap(),

@@ -67,7 +67,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after_s: None, param: None }
+        Self {
+            kind,
+            message: message.into(),
+            retry_after_s: None,
+            param: None,
+        }
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Validation, message)
@@ -105,7 +110,16 @@ impl ApiError {
     fn response_with(&self, body: serde_json::Value) -> Response {
         let mut response = (self.kind.status(), Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.kind == ErrorKind::PayloadTooLarge {
+            // The rest of an oversized body is never read, so the connection cannot carry another
+            // request; saying so stops clients from reusing it and failing their next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         // Lets `openai_shape` re-render the body without parsing it.
         response.extensions_mut().insert(self.clone());
@@ -131,11 +145,15 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let kind = match &r {
             JsonRejection::JsonDataError(_) => ErrorKind::Validation,
-            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ErrorKind::PayloadTooLarge
+            }
             _ => ErrorKind::InvalidRequest,
         };
         let message = match &r {
-            JsonRejection::MissingJsonContentType(_) => "expected a JSON body with `Content-Type: application/json`".into(),
+            JsonRejection::MissingJsonContentType(_) => {
+                "expected a JSON body with `Content-Type: application/json`".into()
+            }
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 "the request body is larger than the server's limit (server.max_body_bytes)".into()
             }
@@ -173,13 +191,18 @@ mod tests {
     #[test]
     fn shapes_and_statuses() {
         let e = ApiError::validation("bad").param("top_p");
-        assert_eq!(e.body(), serde_json::json!({"error": "bad", "error_type": "validation"}));
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error": "bad", "error_type": "validation"})
+        );
         assert_eq!(e.kind.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let o = ApiError::new(ErrorKind::Overloaded, "full").openai_body();
         assert_eq!(o["error"]["type"], "overloaded");
         assert_eq!(o["error"]["message"], "full");
         assert_eq!(e.openai_body()["error"]["param"], "top_p");
-        let r = ApiError::new(ErrorKind::Overloaded, "full").retry_after(2).into_response();
+        let r = ApiError::new(ErrorKind::Overloaded, "full")
+            .retry_after(2)
+            .into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }

@@ -20,12 +20,14 @@ pub struct ImageInput {
 /// Standard alphabet, padding optional (browsers and Python pad, some tools do not).
 const STANDARD: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 /// URL-safe alphabet, for clients that use it.
 const URL_SAFE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
-    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
 pub fn image_limits(limits: &Limits) -> ImageLimits {
@@ -48,15 +50,23 @@ pub fn payload_bytes(payload: &str, limits: &Limits, what: &str) -> Result<Vec<u
     }
     let b64 = match payload.strip_prefix("data:") {
         Some(rest) => {
-            let (meta, data) =
-                rest.split_once(',').ok_or_else(|| ApiError::validation(format!("{what}: malformed data: URL (no comma)")))?;
+            let (meta, data) = rest.split_once(',').ok_or_else(|| {
+                ApiError::validation(format!("{what}: malformed data: URL (no comma)"))
+            })?;
             let mut parts = meta.split(';');
             let mime = parts.next().unwrap_or_default();
-            if !(mime.is_empty() || mime.starts_with("image/") || mime == "application/octet-stream") {
-                return Err(ApiError::validation(format!("{what}: data: URL of type `{mime}` is not an image")));
+            if !(mime.is_empty()
+                || mime.starts_with("image/")
+                || mime == "application/octet-stream")
+            {
+                return Err(ApiError::validation(format!(
+                    "{what}: data: URL of type `{mime}` is not an image"
+                )));
             }
             if !parts.any(|p| p.eq_ignore_ascii_case("base64")) {
-                return Err(ApiError::validation(format!("{what}: data: URLs must be base64-encoded (`;base64,`)")));
+                return Err(ApiError::validation(format!(
+                    "{what}: data: URLs must be base64-encoded (`;base64,`)"
+                )));
             }
             data
         }
@@ -70,7 +80,10 @@ pub fn payload_bytes(payload: &str, limits: &Limits, what: &str) -> Result<Vec<u
     if approx > limits.max_image_bytes + 3 {
         return Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("{what}: image of about {approx} bytes exceeds limits.max_image_bytes ({})", limits.max_image_bytes),
+            format!(
+                "{what}: image of about {approx} bytes exceeds limits.max_image_bytes ({})",
+                limits.max_image_bytes
+            ),
         ));
     }
     let cleaned: String;
@@ -87,7 +100,11 @@ pub fn payload_bytes(payload: &str, limits: &Limits, what: &str) -> Result<Vec<u
 }
 
 fn image_error(what: &str, e: ImageError) -> ApiError {
-    let kind = if e.is_too_large() { ErrorKind::PayloadTooLarge } else { ErrorKind::Validation };
+    let kind = if e.is_too_large() {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::Validation
+    };
     ApiError::new(kind, format!("{what}: {e}"))
 }
 
@@ -98,7 +115,10 @@ pub fn load(payload: &str, limits: &Limits, what: &str) -> Result<ImageInput, Ap
     let il = image_limits(limits);
     preprocess::probe(&bytes, &il).map_err(|e| image_error(what, e))?;
     let pixels = preprocess::preprocess(&bytes, &il).map_err(|e| image_error(what, e))?;
-    Ok(ImageInput { hash: Sha256::digest(&bytes).into(), pixels: Arc::new(pixels) })
+    Ok(ImageInput {
+        hash: Sha256::digest(&bytes).into(),
+        pixels: Arc::new(pixels),
+    })
 }
 
 #[cfg(test)]
@@ -110,11 +130,21 @@ mod tests {
     #[test]
     fn data_urls_and_plain_base64() {
         let l = Limits::default();
-        assert_eq!(payload_bytes("data:image/png;base64,aGk=", &l, "x").unwrap(), b"hi");
+        assert_eq!(
+            payload_bytes("data:image/png;base64,aGk=", &l, "x").unwrap(),
+            b"hi"
+        );
         assert_eq!(payload_bytes("aGk", &l, "x").unwrap(), b"hi");
         assert_eq!(payload_bytes("aG\nk=", &l, "x").unwrap(), b"hi");
         assert_eq!(payload_bytes("_-8", &l, "x").unwrap(), vec![0xff, 0xef]);
-        for bad in ["https://x/y.png", "%%%", "data:image/png,abc", "data:text/plain;base64,aGk=", "", "data:image/png;base64,"] {
+        for bad in [
+            "https://x/y.png",
+            "%%%",
+            "data:image/png,abc",
+            "data:text/plain;base64,aGk=",
+            "",
+            "data:image/png;base64,",
+        ] {
             let e = payload_bytes(bad, &l, "images[0]").unwrap_err();
             assert_eq!(e.kind, ErrorKind::Validation, "{bad}");
             assert!(e.message.starts_with("images[0]"), "{}", e.message);
@@ -123,7 +153,10 @@ mod tests {
 
     #[test]
     fn oversized_payloads_are_413_before_decoding() {
-        let l = Limits { max_image_bytes: 10, ..Limits::default() };
+        let l = Limits {
+            max_image_bytes: 10,
+            ..Limits::default()
+        };
         let e = payload_bytes(&"A".repeat(400), &l, "x").unwrap_err();
         assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
     }
@@ -139,6 +172,9 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Validation);
         // A truncated PNG (header only) is malformed input, not a server error.
         let truncated = &PNG_1X1[..40];
-        assert_eq!(load(truncated, &l, "x").err().unwrap().kind, ErrorKind::Validation);
+        assert_eq!(
+            load(truncated, &l, "x").err().unwrap().kind,
+            ErrorKind::Validation
+        );
     }
 }

@@ -1,43 +1,56 @@
-//! `flamingo-server`: loads the model, starts the batching worker and serves the API.
+//! `flamingo-server`: configuration, logging, then [`flamingo_server::server::run`].
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::process::ExitCode;
 
 use clap::Parser;
-use flamingo_server::app;
 use flamingo_server::config::Config;
+use flamingo_server::testing::TestHooks;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "OpenFlamingo inference server")]
+#[command(
+    version,
+    about = "OpenFlamingo inference server (TGI- and OpenAI-compatible HTTP API)"
+)]
 struct Args {
-    /// TOML config file (see config/default.toml); FLAMINGO_<SECTION>_<KEY> variables override it.
+    /// TOML config file (see config/default.toml); FLAMINGO_<SECTION>_<KEY> variables override it, flags override both.
     #[arg(long, env = "FLAMINGO_CONFIG")]
     config: Option<PathBuf>,
-    /// Model folder (llama/, vision/ or vision_hf/, checkpoint.pt).
+    /// Model folder (llama/, vision/ or vision_hf/, checkpoint.pt); default: the bundled tiny model.
     #[arg(long)]
     model_dir: Option<PathBuf>,
+    /// Bind address (server.host).
     #[arg(long)]
     host: Option<String>,
+    /// Port (server.port); 0 picks a free one (logged).
     #[arg(long)]
     port: Option<u16>,
-    /// f32, f16 or bf16.
+    /// f32, f16 or bf16 (model.dtype).
     #[arg(long)]
     dtype: Option<String>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N (model.device).
     #[arg(long)]
     device: Option<String>,
+    /// text or json (server.log_format).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let mut cfg = match Config::load(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("flamingo-server: configuration error: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("flamingo-server: configuration error: {e}");
+        ExitCode::from(2)
     };
+    let loaded = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let mut cfg = loaded.config;
     if let Some(d) = args.model_dir {
         cfg.model.dir = d;
     }
@@ -53,100 +66,67 @@ fn main() -> std::process::ExitCode {
     if let Some(d) = args.device {
         cfg.model.device = d;
     }
+    if let Some(f) = args.log_format {
+        cfg.server.log_format = f;
+    }
     if let Err(e) = cfg.validate() {
-        eprintln!("flamingo-server: configuration error: {e}");
-        return std::process::ExitCode::from(2);
+        return fail(&e);
+    }
+    let hooks = match TestHooks::from_env() {
+        Ok(h) => h,
+        Err(e) => return fail(&e),
+    };
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
     }
     init_tracing(&cfg.server.log_format);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if hooks.any() {
+        tracing::warn!(
+            ?hooks,
+            "FLAMINGO_TEST_* hooks are set: this server is for tests only"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("flamingo-server: {e}");
-            return std::process::ExitCode::FAILURE;
+            eprintln!("flamingo-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let result = runtime.block_on(flamingo_server::server::run(cfg, hooks));
+    // Blocking-pool threads (image decoding) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        // A requested shutdown succeeded even if the drain timeout cut requests (logged).
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e}");
             eprintln!("flamingo-server: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
 fn init_tracing(format: &str) {
+    use tracing_subscriber::fmt::format::FmtSpan;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,tower_http=warn".into());
+    // Closing a span logs its duration: the per-request line, and per-stage lines at debug.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(std::io::stderr().is_terminal())
+        // Reporting a failed log write goes to stderr with `eprintln!`, which panics when stderr
+        // is a closed pipe: a dead log collector must not take request threads down with it.
+        .log_internal_errors(false);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-async fn serve(cfg: Config) -> Result<(), String> {
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("metrics: {e}"))?;
-    if std::env::var(flamingo_server::session::SCRIPTED_OUTPUT_ENV).is_ok() {
-        tracing::warn!(
-            "{} is set: generated text is scripted (test hook)",
-            flamingo_server::session::SCRIPTED_OUTPUT_ENV
-        );
-    }
-    let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
-    let drain = Duration::from_secs(cfg.server.drain_timeout_s);
-    let state = tokio::task::spawn_blocking(move || app::build_state(cfg, Some(prometheus)))
-        .await
-        .map_err(|e| e.to_string())??;
-    let draining = state.draining.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("binding {addr}: {e}"))?;
-    tracing::info!(%addr, "listening");
-    let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested: draining in-flight requests");
-        draining.store(true, Ordering::SeqCst);
-        let _ = signal_tx.send(true);
-    });
-    let mut graceful_rx = signal_rx.clone();
-    let server = axum::serve(listener, app::app(state)).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|s| *s).await;
-    });
-    let mut deadline_rx = signal_rx;
-    tokio::select! {
-        r = server => r.map_err(|e| e.to_string())?,
-        _ = async {
-            let _ = deadline_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(drain).await;
-        } => tracing::warn!("drain timeout reached; exiting with requests still open"),
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -34,9 +34,12 @@ pub const READY: &str = "flamingo_ready";
 
 /// Latency buckets from 1 ms (tiny model, per-token on a GPU) to 10 min (a long CPU generation).
 const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
-const COUNTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+const COUNTS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
 
 /// Installs the global recorder; call once per process.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -64,26 +67,74 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     describe_counter!(REQUESTS, "HTTP requests by route and status");
-    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "HTTP request duration until the response head, by route");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration until the response head, by route"
+    );
     describe_gauge!(QUEUE_DEPTH, "Requests waiting to join the batch");
     describe_gauge!(ACTIVE_SEQUENCES, "Sequences in the running batch");
     describe_histogram!(BATCH_SIZE, "Sequences per model step");
-    describe_histogram!(BATCH_TOKENS, "Tokens processed per model step (prefill + decode)");
-    describe_histogram!(STEP_SECONDS, Unit::Seconds, "Model step duration, phase=prefill when a prompt joined");
-    describe_histogram!(QUEUE_SECONDS, Unit::Seconds, "Time from queueing to joining the batch");
-    describe_histogram!(PREFILL_SECONDS, Unit::Seconds, "Time from joining the batch to the first token");
-    describe_histogram!(ENCODE_SECONDS, Unit::Seconds, "Vision tower + resampler time per encode batch");
-    describe_histogram!(TTFT_SECONDS, Unit::Seconds, "Time from request arrival to the first generated token");
-    describe_histogram!(INTER_TOKEN_SECONDS, Unit::Seconds, "Time between two tokens of a sequence");
-    describe_histogram!(GENERATION_SECONDS, Unit::Seconds, "Time from request arrival to the last token");
-    describe_histogram!(PREPARE_SECONDS, Unit::Seconds, "Tokenization and image decoding per request");
+    describe_histogram!(
+        BATCH_TOKENS,
+        "Tokens processed per model step (prefill + decode)"
+    );
+    describe_histogram!(
+        STEP_SECONDS,
+        Unit::Seconds,
+        "Model step duration, phase=prefill when a prompt joined"
+    );
+    describe_histogram!(
+        QUEUE_SECONDS,
+        Unit::Seconds,
+        "Time from queueing to joining the batch"
+    );
+    describe_histogram!(
+        PREFILL_SECONDS,
+        Unit::Seconds,
+        "Time from joining the batch to the first token"
+    );
+    describe_histogram!(
+        ENCODE_SECONDS,
+        Unit::Seconds,
+        "Vision tower + resampler time per encode batch"
+    );
+    describe_histogram!(
+        TTFT_SECONDS,
+        Unit::Seconds,
+        "Time from request arrival to the first generated token"
+    );
+    describe_histogram!(
+        INTER_TOKEN_SECONDS,
+        Unit::Seconds,
+        "Time between two tokens of a sequence"
+    );
+    describe_histogram!(
+        GENERATION_SECONDS,
+        Unit::Seconds,
+        "Time from request arrival to the last token"
+    );
+    describe_histogram!(
+        PREPARE_SECONDS,
+        Unit::Seconds,
+        "Tokenization and image decoding per request"
+    );
     describe_counter!(GENERATED_TOKENS, "Generated tokens");
     describe_counter!(PROMPT_TOKENS, "Prompt tokens of admitted requests");
     describe_histogram!(GENERATED_PER_REQUEST, "Generated tokens per request");
-    describe_counter!(FILTER_ACTIONS, "Outputs the content filter acted on, by action (censor|block)");
-    describe_counter!(EVICTED, "Sequences removed before finishing, by reason (client_gone|deadline)");
+    describe_counter!(
+        FILTER_ACTIONS,
+        "Outputs the content filter acted on, by action (censor|block)"
+    );
+    describe_counter!(
+        EVICTED,
+        "Sequences removed before finishing, by reason (client_gone|deadline)"
+    );
     describe_counter!(FINISHED, "Finished generations by finish_reason");
-    describe_counter!(IMAGE_CACHE_HITS, "Images whose features came from the cache");
+    describe_counter!(
+        IMAGE_CACHE_HITS,
+        "Images whose features came from the cache"
+    );
     describe_counter!(IMAGE_CACHE_MISSES, "Images encoded by the vision tower");
     describe_gauge!(IMAGE_CACHE_ENTRIES, "Image features in the cache");
     describe_gauge!(WORKER_ALIVE, "1 while the model worker thread runs");

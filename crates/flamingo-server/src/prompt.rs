@@ -32,18 +32,28 @@ pub struct Rendered {
 pub fn render_generate(req: &GenerateRequest) -> Result<Rendered, ApiError> {
     if let Some(query) = &req.query {
         if req.inputs.is_some() || req.images.is_some() {
-            return Err(ApiError::validation("use either `inputs`/`images` or the few-shot `query`/`examples` form, not both"));
+            return Err(ApiError::validation(
+                "use either `inputs`/`images` or the few-shot `query`/`examples` form, not both",
+            ));
         }
         return render_few_shot(req.task, req.examples.as_deref().unwrap_or(&[]), query);
     }
     if req.examples.is_some() || req.task.is_some() {
-        return Err(ApiError::validation("the few-shot form needs a `query` ({\"image\": ..., \"text\" or \"question\": ...})").param("query"));
+        return Err(ApiError::validation(
+            "the few-shot form needs a `query` ({\"image\": ..., \"text\" or \"question\": ...})",
+        )
+        .param("query"));
     }
-    let inputs = req.inputs.as_deref().ok_or_else(|| ApiError::validation("`inputs` is required").param("inputs"))?;
+    let inputs = req
+        .inputs
+        .as_deref()
+        .ok_or_else(|| ApiError::validation("`inputs` is required").param("inputs"))?;
     let (prompt, inline) = extract_markdown_images(inputs);
     let given = req.images.clone().unwrap_or_default();
     if !inline.is_empty() && !given.is_empty() {
-        return Err(ApiError::validation("give images either inline as ![](data:...) or in `images`, not both"));
+        return Err(ApiError::validation(
+            "give images either inline as ![](data:...) or in `images`, not both",
+        ));
     }
     let images = if inline.is_empty() { given } else { inline };
     Ok(Rendered { prompt, images })
@@ -59,19 +69,29 @@ fn no_markers(text: &str, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn render_few_shot(task: Option<Task>, examples: &[Example], query: &Query) -> Result<Rendered, ApiError> {
+pub fn render_few_shot(
+    task: Option<Task>,
+    examples: &[Example],
+    query: &Query,
+) -> Result<Rendered, ApiError> {
     let mut prompt = String::new();
     let mut images = Vec::with_capacity(examples.len() + 1);
     for (i, ex) in examples.iter().enumerate() {
         let field = |v: &Option<String>, name: &str| -> Result<String, ApiError> {
             let path = format!("examples[{i}].{name}");
-            let v = v.as_deref().ok_or_else(|| ApiError::validation(format!("`{path}` is required")).param(&path))?;
+            let v = v.as_deref().ok_or_else(|| {
+                ApiError::validation(format!("`{path}` is required")).param(&path)
+            })?;
             no_markers(v, &path)?;
             Ok(v.trim().to_string())
         };
         let body = match task {
             Some(Task::Caption) => format!("Output:{}", field(&ex.text, "text")?),
-            Some(Task::Vqa) => format!("Question:{} Short Answer:{}", field(&ex.question, "question")?, field(&ex.answer, "answer")?),
+            Some(Task::Vqa) => format!(
+                "Question:{} Short Answer:{}",
+                field(&ex.question, "question")?,
+                field(&ex.answer, "answer")?
+            ),
             None => field(&ex.text, "text")?,
         };
         prompt.push_str(IMAGE);
@@ -83,7 +103,9 @@ pub fn render_few_shot(task: Option<Task>, examples: &[Example], query: &Query) 
         Some(Task::Caption) => "Output:".to_string(),
         Some(Task::Vqa) => {
             let q = query.question.as_deref().or(query.text.as_deref());
-            let q = q.ok_or_else(|| ApiError::validation("a vqa query needs `query.question`").param("query.question"))?;
+            let q = q.ok_or_else(|| {
+                ApiError::validation("a vqa query needs `query.question`").param("query.question")
+            })?;
             no_markers(q, "query.question")?;
             format!("Question:{} Short Answer:", q.trim())
         }
@@ -108,13 +130,20 @@ pub fn extract_markdown_images(text: &str) -> (String, Vec<String>) {
     while let Some(start) = rest.find("![") {
         let after = &rest[start + 2..];
         // `![alt](url)` with the alt text on one line.
-        let parsed = after.find("](").filter(|&close| !after[..close].contains('\n')).and_then(|close| {
-            let url_part = &after[close + 2..];
-            url_part.find(')').map(|end| (&url_part[..end], close + 2 + end + 1))
-        });
+        let parsed = after
+            .find("](")
+            .filter(|&close| !after[..close].contains('\n'))
+            .and_then(|close| {
+                let url_part = &after[close + 2..];
+                url_part
+                    .find(')')
+                    .map(|end| (&url_part[..end], close + 2 + end + 1))
+            });
         match parsed {
             Some((url, consumed))
-                if url.starts_with("data:") || url.starts_with("http://") || url.starts_with("https://") =>
+                if url.starts_with("data:")
+                    || url.starts_with("http://")
+                    || url.starts_with("https://") =>
             {
                 out.push_str(&rest[..start]);
                 out.push_str(IMAGE);
@@ -161,8 +190,10 @@ pub fn render_chat(messages: &[ChatMessage]) -> Result<Rendered, ApiError> {
                         }
                         ChatPart::ImageUrl { image_url } => {
                             if role != "user" {
-                                return Err(ApiError::validation(format!("messages[{i}]: only user messages may carry images"))
-                                    .param(field));
+                                return Err(ApiError::validation(format!(
+                                    "messages[{i}]: only user messages may carry images"
+                                ))
+                                .param(field));
                             }
                             prompt.push_str(IMAGE);
                             images.push(image_url.url.clone());
@@ -184,40 +215,72 @@ mod tests {
 
     #[test]
     fn markdown_images_become_markers() {
-        let (p, imgs) =
-            extract_markdown_images("a ![](data:image/png;base64,AAA)Output: ![x](data:image/png;base64,BBB) b ![no](link");
+        let (p, imgs) = extract_markdown_images(
+            "a ![](data:image/png;base64,AAA)Output: ![x](data:image/png;base64,BBB) b ![no](link",
+        );
         assert_eq!(p, "a <image>Output: <image> b ![no](link");
-        assert_eq!(imgs, vec!["data:image/png;base64,AAA", "data:image/png;base64,BBB"]);
+        assert_eq!(
+            imgs,
+            vec!["data:image/png;base64,AAA", "data:image/png;base64,BBB"]
+        );
         let (p, imgs) = extract_markdown_images("![](https://x.example/cat.png)Output:");
         assert_eq!((p.as_str(), imgs.len()), ("<image>Output:", 1));
         assert_eq!(extract_markdown_images("plain ![ text").0, "plain ![ text");
     }
 
     fn ex(text: &str) -> Example {
-        Example { image: "I".into(), text: Some(text.into()), question: Some(" Q? ".into()), answer: Some("A".into()) }
+        Example {
+            image: "I".into(),
+            text: Some(text.into()),
+            question: Some(" Q? ".into()),
+            answer: Some("A".into()),
+        }
     }
 
     #[test]
     fn few_shot_uses_the_v1_eval_formats() {
-        let q = Query { image: "J".into(), text: None, question: Some("What?".into()) };
+        let q = Query {
+            image: "J".into(),
+            text: None,
+            question: Some("What?".into()),
+        };
         let r = render_few_shot(Some(Task::Caption), &[ex(" A cat. ")], &q).unwrap();
         assert_eq!(r.prompt, "<image>Output:A cat.<|endofchunk|><image>Output:");
         assert_eq!(r.images, vec!["I", "J"]);
         let r = render_few_shot(Some(Task::Vqa), &[ex("")], &q).unwrap();
-        assert_eq!(r.prompt, "<image>Question:Q? Short Answer:A<|endofchunk|><image>Question:What? Short Answer:");
-        let free = Query { image: "J".into(), text: Some("An image of".into()), question: None };
+        assert_eq!(
+            r.prompt,
+            "<image>Question:Q? Short Answer:A<|endofchunk|><image>Question:What? Short Answer:"
+        );
+        let free = Query {
+            image: "J".into(),
+            text: Some("An image of".into()),
+            question: None,
+        };
         let r = render_few_shot(None, &[ex("Stripes.")], &free).unwrap();
         assert_eq!(r.prompt, "<image>Stripes.<|endofchunk|><image>An image of");
     }
 
     #[test]
     fn few_shot_is_validated() {
-        let q = Query { image: "J".into(), text: None, question: None };
+        let q = Query {
+            image: "J".into(),
+            text: None,
+            question: None,
+        };
         let e = render_few_shot(Some(Task::Vqa), &[], &q).unwrap_err();
         assert!(e.message.contains("query.question"));
         let mut missing = ex("x");
         missing.answer = None;
-        let e = render_few_shot(Some(Task::Vqa), &[missing], &Query { question: Some("q".into()), ..q.clone() }).unwrap_err();
+        let e = render_few_shot(
+            Some(Task::Vqa),
+            &[missing],
+            &Query {
+                question: Some("q".into()),
+                ..q.clone()
+            },
+        )
+        .unwrap_err();
         assert!(e.message.contains("examples[0].answer"), "{}", e.message);
         let e = render_few_shot(Some(Task::Caption), &[ex("a <image> b")], &q).unwrap_err();
         assert!(e.message.contains("examples[0].text"));
@@ -239,10 +302,16 @@ mod tests {
 
     #[test]
     fn chat_refuses_bad_roles_and_markers() {
-        let bad: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}])).unwrap();
+        let bad: Vec<ChatMessage> =
+            serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}])).unwrap();
         assert!(render_chat(&bad).is_err());
-        let bad: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([{"role": "user", "content": "<image>hi"}])).unwrap();
-        assert!(render_chat(&bad).unwrap_err().message.contains("messages[0].content"));
+        let bad: Vec<ChatMessage> =
+            serde_json::from_value(serde_json::json!([{"role": "user", "content": "<image>hi"}]))
+                .unwrap();
+        assert!(render_chat(&bad)
+            .unwrap_err()
+            .message
+            .contains("messages[0].content"));
         assert!(render_chat(&[]).is_err());
     }
 
@@ -250,12 +319,25 @@ mod tests {
     fn generate_forms() {
         let r = GenerateRequest {
             inputs: Some("x".into()),
-            query: Some(Query { image: "i".into(), text: None, question: None }),
+            query: Some(Query {
+                image: "i".into(),
+                text: None,
+                question: None,
+            }),
             ..Default::default()
         };
         assert!(render_generate(&r).is_err());
-        let r = GenerateRequest { inputs: Some("![](data:image/png;base64,QQ)Output:".into()), ..Default::default() };
-        assert_eq!(render_generate(&r).unwrap(), Rendered { prompt: "<image>Output:".into(), images: vec!["data:image/png;base64,QQ".into()] });
+        let r = GenerateRequest {
+            inputs: Some("![](data:image/png;base64,QQ)Output:".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_generate(&r).unwrap(),
+            Rendered {
+                prompt: "<image>Output:".into(),
+                images: vec!["data:image/png;base64,QQ".into()]
+            }
+        );
         let r = GenerateRequest {
             inputs: Some("![](data:image/png;base64,QQ)".into()),
             images: Some(vec!["QQ".into()]),

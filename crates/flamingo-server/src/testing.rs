@@ -26,7 +26,11 @@ impl TestHooks {
     pub fn from_env() -> Result<Self, String> {
         let number = |var: &str| -> Result<Option<u64>, String> {
             match std::env::var(var) {
-                Ok(v) => v.trim().parse().map(Some).map_err(|_| format!("{var}: expected an integer, got `{v}`")),
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("{var}: expected an integer, got `{v}`")),
                 Err(_) => Ok(None),
             }
         };
@@ -43,6 +47,8 @@ impl TestHooks {
 
     /// The scripted words, in order (each keeps its trailing space).
     pub fn script(&self) -> Option<Vec<String>> {
-        self.scripted_output.as_ref().map(|s| s.split_inclusive(' ').map(str::to_string).collect())
+        self.scripted_output
+            .as_ref()
+            .map(|s| s.split_inclusive(' ').map(str::to_string).collect())
     }
 }

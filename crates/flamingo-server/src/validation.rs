@@ -48,6 +48,9 @@ pub struct Prepared {
     pub resolved: Resolved,
 }
 
+/// Temperatures below this decode greedily.
+pub const GREEDY_TEMPERATURE: f64 = 1e-5;
+
 fn bad(param: &str, message: String) -> ApiError {
     ApiError::validation(message).param(param)
 }
@@ -59,7 +62,13 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
     let max_new = p.max_new_tokens.map(|n| n as usize);
     if let Some(n) = max_new {
         if n == 0 || n > l.max_new_tokens {
-            return Err(bad("max_new_tokens", format!("`max_new_tokens` must be between 1 and {} (got {n})", l.max_new_tokens)));
+            return Err(bad(
+                "max_new_tokens",
+                format!(
+                    "`max_new_tokens` must be between 1 and {} (got {n})",
+                    l.max_new_tokens
+                ),
+            ));
         }
     }
     if let Some(t) = p.temperature {
@@ -74,41 +83,77 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
     }
     if let Some(tp) = p.top_p {
         if !(tp > 0.0 && tp <= 1.0) {
-            return Err(bad("top_p", format!("`top_p` must be > 0 and <= 1 (got {tp})")));
+            return Err(bad(
+                "top_p",
+                format!("`top_p` must be > 0 and <= 1 (got {tp})"),
+            ));
         }
     }
     if let Some(r) = p.repetition_penalty {
         if !(r > 0.0 && r.is_finite()) {
-            return Err(bad("repetition_penalty", format!("`repetition_penalty` must be > 0 (got {r})")));
+            return Err(bad(
+                "repetition_penalty",
+                format!("`repetition_penalty` must be > 0 (got {r})"),
+            ));
         }
     }
     let beams = p.num_beams.unwrap_or(1) as usize;
     if beams == 0 || beams > l.max_beams {
-        return Err(bad("num_beams", format!("`num_beams` must be between 1 and {} (got {beams})", l.max_beams)));
+        return Err(bad(
+            "num_beams",
+            format!(
+                "`num_beams` must be between 1 and {} (got {beams})",
+                l.max_beams
+            ),
+        ));
     }
     let length_penalty = p.length_penalty.unwrap_or(1.0);
     if !length_penalty.is_finite() {
-        return Err(bad("length_penalty", "`length_penalty` must be a finite number".into()));
+        return Err(bad(
+            "length_penalty",
+            "`length_penalty` must be a finite number".into(),
+        ));
     }
     let stop = p.stop.clone().unwrap_or_default();
     if stop.len() > l.max_stop_sequences {
-        return Err(bad("stop", format!("at most {} stop sequences (got {})", l.max_stop_sequences, stop.len())));
+        return Err(bad(
+            "stop",
+            format!(
+                "at most {} stop sequences (got {})",
+                l.max_stop_sequences,
+                stop.len()
+            ),
+        ));
     }
     if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > 256) {
-        return Err(bad("stop", format!("stop sequences must be 1 to 256 bytes (got {} bytes)", s.len())));
+        return Err(bad(
+            "stop",
+            format!(
+                "stop sequences must be 1 to 256 bytes (got {} bytes)",
+                s.len()
+            ),
+        ));
     }
-    let do_sample = p.do_sample.unwrap_or(false)
-        || p.top_k.is_some()
-        || p.top_p.is_some_and(|x| x < 1.0)
-        || p.temperature.is_some_and(|t| t != 1.0);
+    // vLLM's rule: a temperature this close to 0 means greedy. Dividing logits by it in f32
+    // would overflow to infinities and NaN log-probabilities.
+    let near_zero = p.temperature.is_some_and(|t| t < GREEDY_TEMPERATURE);
+    let temperature = p.temperature.filter(|_| !near_zero);
+    let do_sample = !near_zero
+        && (p.do_sample.unwrap_or(false)
+            || p.top_k.is_some()
+            || p.top_p.is_some_and(|x| x < 1.0)
+            || temperature.is_some_and(|t| t != 1.0));
     if do_sample && beams > 1 {
-        return Err(bad("num_beams", "beam search is deterministic here: do not combine num_beams > 1 with sampling".into()));
+        return Err(bad(
+            "num_beams",
+            "beam search is deterministic here: do not combine num_beams > 1 with sampling".into(),
+        ));
     }
     let seed = do_sample.then(|| p.seed.unwrap_or_else(rand::random));
     Ok(Resolved {
         sampling: SamplingParams {
             do_sample,
-            temperature: p.temperature.unwrap_or(1.0),
+            temperature: temperature.unwrap_or(1.0),
             top_k: p.top_k.map(|k| k as usize),
             top_p: p.top_p,
             repetition_penalty: p.repetition_penalty,
@@ -126,26 +171,55 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
 }
 
 /// Tokenizes, checks counts and limits, then decodes the images (the expensive part, last).
-pub fn prepare(rendered: Rendered, resolved: Resolved, ctx: &PrepContext) -> Result<Prepared, ApiError> {
+pub fn prepare(
+    rendered: Rendered,
+    resolved: Resolved,
+    ctx: &PrepContext,
+) -> Result<Prepared, ApiError> {
     let l = &ctx.limits;
     let n_images = rendered.images.len();
     if n_images > l.max_images {
-        return Err(bad("images", format!("at most {} images per request (got {n_images})", l.max_images)));
+        return Err(bad(
+            "images",
+            format!(
+                "at most {} images per request (got {n_images})",
+                l.max_images
+            ),
+        ));
     }
     let tok = &ctx.tokenizer;
-    let tokens = tok.encode(&rendered.prompt).map_err(|e| bad("inputs", format!("cannot tokenize the prompt: {e}")))?;
+    let tokens = tok
+        .encode(&rendered.prompt)
+        .map_err(|e| bad("inputs", format!("cannot tokenize the prompt: {e}")))?;
     let markers = tokens.iter().filter(|&&t| t == tok.image_id).count();
     if markers != n_images {
-        return Err(bad("images", format!("the prompt has {markers} <image> markers but {n_images} images were given")));
+        return Err(bad(
+            "images",
+            format!("the prompt has {markers} <image> markers but {n_images} images were given"),
+        ));
     }
     if tokens.len() > l.max_input_tokens {
-        return Err(bad("inputs", format!("the prompt has {} tokens; limits.max_input_tokens is {}", tokens.len(), l.max_input_tokens)));
+        return Err(bad(
+            "inputs",
+            format!(
+                "the prompt has {} tokens; limits.max_input_tokens is {}",
+                tokens.len(),
+                l.max_input_tokens
+            ),
+        ));
     }
     let room = ctx.max_positions.saturating_sub(tokens.len());
     let max_new_tokens = match resolved.max_new_tokens {
         Some(n) => n,
         None if room == 0 => {
-            return Err(bad("inputs", format!("the prompt has {} tokens and fills the model's {} positions", tokens.len(), ctx.max_positions)))
+            return Err(bad(
+                "inputs",
+                format!(
+                    "the prompt has {} tokens and fills the model's {} positions",
+                    tokens.len(),
+                    ctx.max_positions
+                ),
+            ))
         }
         None => l.default_max_new_tokens.min(room),
     };
@@ -166,14 +240,22 @@ pub fn prepare(rendered: Rendered, resolved: Resolved, ctx: &PrepContext) -> Res
         length_penalty: resolved.length_penalty,
         stop_tokens: vec![tok.end_of_chunk_id, tok.eos_id],
     };
-    ctx.checker.validate(&tokens, n_images, &params).map_err(|e| bad("inputs", e.to_string()))?;
+    ctx.checker
+        .validate(&tokens, n_images, &params)
+        .map_err(|e| bad("inputs", e.to_string()))?;
     let images = rendered
         .images
         .iter()
         .enumerate()
         .map(|(i, payload)| images::load(payload, l, &format!("image {}", i + 1)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Prepared { prompt: rendered.prompt, tokens, images, params, resolved })
+    Ok(Prepared {
+        prompt: rendered.prompt,
+        tokens,
+        images,
+        params,
+        resolved,
+    })
 }
 
 #[cfg(test)]
@@ -187,33 +269,123 @@ mod tests {
     #[test]
     fn parameter_ranges() {
         assert!(ok(Parameters::default()));
-        assert!(!ok(Parameters { max_new_tokens: Some(0), ..Default::default() }));
-        assert!(!ok(Parameters { max_new_tokens: Some(100_000), ..Default::default() }));
-        assert!(!ok(Parameters { top_p: Some(1.5), ..Default::default() }));
-        assert!(!ok(Parameters { top_p: Some(0.0), ..Default::default() }));
-        assert!(!ok(Parameters { top_k: Some(0), ..Default::default() }));
-        assert!(!ok(Parameters { temperature: Some(0.0), ..Default::default() }));
-        assert!(!ok(Parameters { temperature: Some(f64::NAN), ..Default::default() }));
-        assert!(!ok(Parameters { repetition_penalty: Some(-1.0), ..Default::default() }));
-        assert!(!ok(Parameters { num_beams: Some(99), ..Default::default() }));
-        assert!(!ok(Parameters { num_beams: Some(0), ..Default::default() }));
-        assert!(!ok(Parameters { num_beams: Some(2), do_sample: Some(true), ..Default::default() }));
-        assert!(!ok(Parameters { stop: Some(vec!["".into()]), ..Default::default() }));
-        assert!(!ok(Parameters { stop: Some(vec!["a".into(); 5]), ..Default::default() }));
-        assert!(!ok(Parameters { best_of: Some(2), ..Default::default() }));
-        assert!(!ok(Parameters { truncate: Some(10), ..Default::default() }));
-        assert!(ok(Parameters { best_of: Some(1), watermark: Some(false), top_n_tokens: Some(0), ..Default::default() }));
-        assert!(ok(Parameters { num_beams: Some(3), length_penalty: Some(0.5), ..Default::default() }));
+        assert!(!ok(Parameters {
+            max_new_tokens: Some(0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            max_new_tokens: Some(100_000),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            top_p: Some(1.5),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            top_p: Some(0.0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            top_k: Some(0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            temperature: Some(0.0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            temperature: Some(f64::NAN),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            repetition_penalty: Some(-1.0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            num_beams: Some(99),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            num_beams: Some(0),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            num_beams: Some(2),
+            do_sample: Some(true),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            stop: Some(vec!["".into()]),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            stop: Some(vec!["a".into(); 5]),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            best_of: Some(2),
+            ..Default::default()
+        }));
+        assert!(!ok(Parameters {
+            truncate: Some(10),
+            ..Default::default()
+        }));
+        assert!(ok(Parameters {
+            best_of: Some(1),
+            watermark: Some(false),
+            top_n_tokens: Some(0),
+            ..Default::default()
+        }));
+        assert!(ok(Parameters {
+            num_beams: Some(3),
+            length_penalty: Some(0.5),
+            ..Default::default()
+        }));
     }
 
     #[test]
     fn sampling_follows_tgi() {
-        let r = resolve(&Parameters { temperature: Some(0.7), seed: Some(5), ..Default::default() }, &Limits::default()).unwrap();
+        let r = resolve(
+            &Parameters {
+                temperature: Some(0.7),
+                seed: Some(5),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
         assert!(r.sampling.do_sample);
         assert_eq!((r.seed, r.sampling.seed), (Some(5), 5));
-        let r = resolve(&Parameters { do_sample: Some(true), ..Default::default() }, &Limits::default()).unwrap();
-        assert!(r.seed.is_some(), "a sampled request reports the seed it drew");
-        let r = resolve(&Parameters { seed: Some(5), ..Default::default() }, &Limits::default()).unwrap();
+        let r = resolve(
+            &Parameters {
+                do_sample: Some(true),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(
+            r.seed.is_some(),
+            "a sampled request reports the seed it drew"
+        );
+        let r = resolve(
+            &Parameters {
+                do_sample: Some(true),
+                temperature: Some(1e-300),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(!r.sampling.do_sample, "a near-zero temperature is greedy");
+        let r = resolve(
+            &Parameters {
+                seed: Some(5),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
         assert!(!r.sampling.do_sample);
         assert_eq!(r.seed, None);
     }

@@ -21,7 +21,14 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, entries: HashMap::new(), order: BTreeMap::new(), tick: 0, hits: 0, misses: 0 }
+        Self {
+            capacity,
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+            hits: 0,
+            misses: 0,
+        }
     }
 
     fn touch(&mut self, key: &Key) {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use flamingo_model::engine::{
-    Engine, Event, FinishReason, GeneratedToken, GenerationParams, Hypothesis, SeqId, SequenceRequest,
+    Engine, Event, FinishReason, GeneratedToken, GenerationParams, Hypothesis, SeqId,
+    SequenceRequest,
 };
 use flamingo_model::Flamingo;
 use tokio::sync::mpsc::UnboundedSender;
@@ -45,12 +46,20 @@ pub struct WorkItem {
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// The request left the queue and joined the batch.
-    Started { queued: Duration },
+    Started {
+        queued: Duration,
+    },
     /// A generated token; `finish` is set on the last one (so a stream's final event carries
     /// the last token, as TGI's does).
-    Token { token: GeneratedToken, finish: Option<FinishReason> },
+    Token {
+        token: GeneratedToken,
+        finish: Option<FinishReason>,
+    },
     /// The end of a beam search (`hypotheses` best first), which reports no tokens on the way.
-    Finished { reason: FinishReason, hypotheses: Vec<Hypothesis> },
+    Finished {
+        reason: FinishReason,
+        hypotheses: Vec<Hypothesis>,
+    },
     Error(ApiError),
 }
 
@@ -81,7 +90,8 @@ impl WorkerHandle {
     /// is gone. Never blocks.
     pub fn submit(&self, item: WorkItem) -> Result<(), ApiError> {
         let s = &self.shared;
-        let unavailable = || ApiError::unavailable("the model worker is not running", s.retry_after_s);
+        let unavailable =
+            || ApiError::unavailable("the model worker is not running", s.retry_after_s);
         if !self.alive() {
             return Err(unavailable());
         }
@@ -103,8 +113,14 @@ impl WorkerHandle {
 }
 
 fn overloaded(s: &WorkerShared) -> ApiError {
-    ApiError::new(ErrorKind::Overloaded, format!("the request queue is full ({} waiting); retry later", s.max_queue))
-        .retry_after(s.retry_after_s)
+    ApiError::new(
+        ErrorKind::Overloaded,
+        format!(
+            "the request queue is full ({} waiting); retry later",
+            s.max_queue
+        ),
+    )
+    .retry_after(s.retry_after_s)
 }
 
 pub struct WorkerConfig {
@@ -127,19 +143,27 @@ pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerH
         max_queue: cfg.max_queue,
         retry_after_s: cfg.retry_after_s,
     });
-    let handle = WorkerHandle { tx, shared: shared.clone() };
-    std::thread::Builder::new().name("model-worker".into()).spawn(move || {
-        metrics::gauge!(m::WORKER_ALIVE).set(1.0);
-        // Unwinding drops the worker and the queue receiver, and with them every request's event
-        // sender: waiting handlers see their channel close and answer 503 instead of hanging.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| Worker::new(model, cfg, shared.clone()).run(rx)));
-        shared.alive.store(false, Ordering::SeqCst);
-        shared.active.store(0, Ordering::SeqCst);
-        metrics::gauge!(m::WORKER_ALIVE).set(0.0);
-        if result.is_err() {
-            tracing::error!("the model worker died; /ready now answers 503 and generation requests get 503");
-        }
-    })?;
+    let handle = WorkerHandle {
+        tx,
+        shared: shared.clone(),
+    };
+    std::thread::Builder::new()
+        .name("model-worker".into())
+        .spawn(move || {
+            metrics::gauge!(m::WORKER_ALIVE).set(1.0);
+            // Unwinding drops the worker and the queue receiver, and with them every request's event
+            // sender: waiting handlers see their channel close and answer 503 instead of hanging.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                Worker::new(model, cfg, shared.clone()).run(rx)
+            }));
+            shared.alive.store(false, Ordering::SeqCst);
+            shared.active.store(0, Ordering::SeqCst);
+            metrics::gauge!(m::WORKER_ALIVE).set(0.0);
+            if result.is_err() {
+                // Logged by `DeadOnExit` already when the panic came from the loop.
+                tracing::debug!("the model worker thread ended with a panic");
+            }
+        })?;
     Ok(handle)
 }
 
@@ -170,7 +194,10 @@ impl Worker {
             cache: FeatureCache::new(cfg.image_cache_entries),
             slots: HashMap::new(),
             pending: VecDeque::new(),
-            limits: BatchLimits { max_batch_size: cfg.max_batch_size, max_batch_tokens: cfg.max_batch_tokens },
+            limits: BatchLimits {
+                max_batch_size: cfg.max_batch_size,
+                max_batch_tokens: cfg.max_batch_tokens,
+            },
             shared,
             hooks: cfg.hooks,
             steps: 0,
@@ -178,6 +205,9 @@ impl Worker {
     }
 
     fn run(mut self, rx: Receiver<WorkItem>) {
+        // Declared in the body, so on a panic it drops before `self` and `rx` (parameters drop
+        // last): the worker reads as dead before any waiting request sees its channel close.
+        let _dead_on_exit = DeadOnExit(self.shared.clone());
         loop {
             if self.engine.is_empty() && self.pending.is_empty() {
                 // Idle: sleep until a request arrives; all senders gone means the server is done.
@@ -204,7 +234,9 @@ impl Worker {
     }
 
     fn publish(&self) {
-        self.shared.active.store(self.engine.len(), Ordering::SeqCst);
+        self.shared
+            .active
+            .store(self.engine.len(), Ordering::SeqCst);
         metrics::gauge!(m::ACTIVE_SEQUENCES).set(self.engine.len() as f64);
         metrics::gauge!(m::QUEUE_DEPTH).set(self.shared.waiting.load(Ordering::SeqCst) as f64);
         metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(self.cache.len() as f64);
@@ -234,9 +266,18 @@ impl Worker {
         if self.pending.is_empty() {
             return;
         }
-        let waiting: Vec<Waiting> =
-            self.pending.iter().map(|i| Waiting { prompt_tokens: i.tokens.len(), rows: i.params.num_beams }).collect();
-        let running = Running { rows: self.engine.rows(), tokens: self.engine.pending_tokens() };
+        let waiting: Vec<Waiting> = self
+            .pending
+            .iter()
+            .map(|i| Waiting {
+                prompt_tokens: i.tokens.len(),
+                rows: i.params.num_beams,
+            })
+            .collect();
+        let running = Running {
+            rows: self.engine.rows(),
+            tokens: self.engine.pending_tokens(),
+        };
         let n = admit(&waiting, running, self.limits);
         if n == 0 {
             return;
@@ -278,7 +319,10 @@ impl Worker {
     /// Features of every image the admitted requests need that the cache lacks, computed in
     /// batches (identical images once). A failed batch is retried image by image so one bad
     /// image fails only its own requests.
-    fn encode_features(&mut self, items: &[WorkItem]) -> HashMap<cache::Key, Result<Tensor, String>> {
+    fn encode_features(
+        &mut self,
+        items: &[WorkItem],
+    ) -> HashMap<cache::Key, Result<Tensor, String>> {
         let mut out = HashMap::new();
         let mut seen = HashSet::new();
         let mut missing: Vec<&ImageInput> = Vec::new();
@@ -304,7 +348,10 @@ impl Worker {
                 Ok(latents) => latents.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(_) if chunk.len() > 1 => chunk
                     .iter()
-                    .map(|i| guarded(|| self.engine.encode_images(&[i.pixels.as_slice()])).map(|mut v| v.remove(0)))
+                    .map(|i| {
+                        guarded(|| self.engine.encode_images(&[i.pixels.as_slice()]))
+                            .map(|mut v| v.remove(0))
+                    })
                     .collect(),
                 Err(e) => vec![Err(e)],
             };
@@ -319,21 +366,34 @@ impl Worker {
         out
     }
 
-    fn start(&mut self, item: &WorkItem, features: &HashMap<cache::Key, Result<Tensor, String>>) -> Result<SeqId, ApiError> {
+    fn start(
+        &mut self,
+        item: &WorkItem,
+        features: &HashMap<cache::Key, Result<Tensor, String>>,
+    ) -> Result<SeqId, ApiError> {
         let mut latents = Vec::with_capacity(item.images.len());
         for img in &item.images {
             match features.get(&img.hash) {
                 Some(Ok(t)) => latents.push(t.clone()),
-                Some(Err(e)) => return Err(ApiError::internal(format!("image encoding failed: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ApiError::internal(format!("image encoding failed: {e}")))
+                }
                 None => return Err(ApiError::internal("image features missing")),
             }
         }
         let images = if latents.is_empty() {
             None
         } else {
-            Some(Tensor::stack(&latents, 0).map_err(|e| ApiError::internal(format!("stacking image features: {e}")))?)
+            Some(
+                Tensor::stack(&latents, 0)
+                    .map_err(|e| ApiError::internal(format!("stacking image features: {e}")))?,
+            )
         };
-        let request = SequenceRequest { tokens: item.tokens.clone(), images, params: item.params.clone() };
+        let request = SequenceRequest {
+            tokens: item.tokens.clone(),
+            images,
+            params: item.params.clone(),
+        };
         guarded(|| self.engine.add(request)).map_err(ApiError::validation)
     }
 
@@ -341,9 +401,17 @@ impl Worker {
         self.steps += 1;
         self.shared.steps.store(self.steps, Ordering::SeqCst);
         if self.hooks.panic_at_step == Some(self.steps) {
-            panic!("{} reached step {}", crate::testing::PANIC_AT_STEP, self.steps);
+            panic!(
+                "{} reached step {}",
+                crate::testing::PANIC_AT_STEP,
+                self.steps
+            );
         }
-        let (sequences, rows, tokens) = (self.engine.len(), self.engine.rows(), self.engine.pending_tokens());
+        let (sequences, rows, tokens) = (
+            self.engine.len(),
+            self.engine.rows(),
+            self.engine.pending_tokens(),
+        );
         let phase = if tokens > rows { "prefill" } else { "decode" };
         let span = tracing::debug_span!("step", n = self.steps, sequences, rows, tokens, phase);
         let _entered = span.enter();
@@ -371,22 +439,33 @@ impl Worker {
         for event in events {
             match event {
                 Event::Token { seq, token } => tokens.push((seq, token)),
-                Event::Finished { seq, reason, hypotheses } => {
+                Event::Finished {
+                    seq,
+                    reason,
+                    hypotheses,
+                } => {
                     finishes.insert(seq, (reason, hypotheses));
                 }
             }
         }
         for (seq, token) in tokens {
             let finish = finishes.remove(&seq).map(|(reason, _)| reason);
-            let Some(slot) = self.slots.get_mut(&seq) else { continue };
+            let Some(slot) = self.slots.get_mut(&seq) else {
+                continue;
+            };
             match slot.last_token {
-                Some(prev) => metrics::histogram!(m::INTER_TOKEN_SECONDS).record(now.duration_since(prev).as_secs_f64()),
-                None => metrics::histogram!(m::PREFILL_SECONDS).record(now.duration_since(slot.admitted).as_secs_f64()),
+                Some(prev) => metrics::histogram!(m::INTER_TOKEN_SECONDS)
+                    .record(now.duration_since(prev).as_secs_f64()),
+                None => metrics::histogram!(m::PREFILL_SECONDS)
+                    .record(now.duration_since(slot.admitted).as_secs_f64()),
             }
             slot.last_token = Some(now);
             slot.tokens += 1;
             metrics::counter!(m::GENERATED_TOKENS).increment(1);
-            let gone = slot.events.send(WorkerEvent::Token { token, finish }).is_err();
+            let gone = slot
+                .events
+                .send(WorkerEvent::Token { token, finish })
+                .is_err();
             if finish.is_some() || gone {
                 if gone {
                     metrics::counter!(m::EVICTED, "reason" => "client_gone").increment(1);
@@ -397,7 +476,9 @@ impl Worker {
         }
         for (seq, (reason, hypotheses)) in finishes {
             if let Some(slot) = self.slots.get(&seq) {
-                let _ = slot.events.send(WorkerEvent::Finished { reason, hypotheses });
+                let _ = slot
+                    .events
+                    .send(WorkerEvent::Finished { reason, hypotheses });
                 self.finish_slot(seq);
             }
         }
@@ -415,10 +496,15 @@ impl Worker {
     }
 
     fn fail_all(&mut self, message: String) {
-        tracing::error!("{message}; failing the {} sequences of this batch", self.slots.len());
+        tracing::error!(
+            "{message}; failing the {} sequences of this batch",
+            self.slots.len()
+        );
         for (seq, slot) in self.slots.drain() {
             self.engine.remove(seq);
-            let _ = slot.events.send(WorkerEvent::Error(ApiError::internal(message.clone())));
+            let _ = slot
+                .events
+                .send(WorkerEvent::Error(ApiError::internal(message.clone())));
         }
     }
 
@@ -454,8 +540,26 @@ impl Worker {
     }
 }
 
+struct DeadOnExit(Arc<WorkerShared>);
+
+impl Drop for DeadOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the model worker died; /ready now answers 503 and generation requests get 503"
+            );
+        }
+        self.0.alive.store(false, Ordering::SeqCst);
+        self.0.active.store(0, Ordering::SeqCst);
+        metrics::gauge!(m::WORKER_ALIVE).set(0.0);
+    }
+}
+
 fn timeout_error() -> ApiError {
-    ApiError::new(ErrorKind::Timeout, "the request passed its deadline (server.request_timeout_s)")
+    ApiError::new(
+        ErrorKind::Timeout,
+        "the request passed its deadline (server.request_timeout_s)",
+    )
 }
 
 /// Runs a model call, turning both its error and a panic into a message.
@@ -465,7 +569,11 @@ fn guarded<T>(f: impl FnOnce() -> flamingo_model::Result<T>) -> Result<T, String
         Ok(Err(e)) => Err(e.to_string()),
         Err(panic) => Err(format!(
             "panicked: {}",
-            panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied()).unwrap_or("unknown")
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or(panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown")
         )),
     }
 }

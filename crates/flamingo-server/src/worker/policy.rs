@@ -37,7 +37,8 @@ pub fn admit(queue: &[Waiting], running: Running, limits: BatchLimits) -> usize 
     let mut admitted = 0;
     for w in queue {
         let empty = rows == 0 && admitted == 0;
-        let fits = rows + w.rows <= limits.max_batch_size && tokens + w.prompt_tokens <= limits.max_batch_tokens;
+        let fits = rows + w.rows <= limits.max_batch_size
+            && tokens + w.prompt_tokens <= limits.max_batch_tokens;
         if !(empty || fits) {
             break;
         }
@@ -52,9 +53,15 @@ pub fn admit(queue: &[Waiting], running: Running, limits: BatchLimits) -> usize 
 mod tests {
     use super::*;
 
-    const L: BatchLimits = BatchLimits { max_batch_size: 3, max_batch_tokens: 100 };
+    const L: BatchLimits = BatchLimits {
+        max_batch_size: 3,
+        max_batch_tokens: 100,
+    };
     fn w(prompt_tokens: usize) -> Waiting {
-        Waiting { prompt_tokens, rows: 1 }
+        Waiting {
+            prompt_tokens,
+            rows: 1,
+        }
     }
     fn running(rows: usize, tokens: usize) -> Running {
         Running { rows, tokens }
@@ -69,7 +76,11 @@ mod tests {
 
     #[test]
     fn respects_the_token_budget_in_order() {
-        assert_eq!(admit(&[w(60), w(50), w(1)], Running::default(), L), 1, "FIFO: w(1) may not jump w(50)");
+        assert_eq!(
+            admit(&[w(60), w(50), w(1)], Running::default(), L),
+            1,
+            "FIFO: w(1) may not jump w(50)"
+        );
         assert_eq!(admit(&[w(60)], running(1, 50), L), 0);
         assert_eq!(admit(&[w(49)], running(1, 51), L), 1);
     }
@@ -81,7 +92,10 @@ mod tests {
 
     #[test]
     fn beams_take_one_row_each() {
-        let beams = Waiting { prompt_tokens: 5, rows: 3 };
+        let beams = Waiting {
+            prompt_tokens: 5,
+            rows: 3,
+        };
         assert_eq!(admit(&[beams], running(1, 1), L), 0);
         assert_eq!(admit(&[beams, w(1)], Running::default(), L), 1);
         assert_eq!(admit(&[w(1), beams], Running::default(), L), 1);

@@ -1,0 +1,133 @@
+//! The path every generation route shares: validate parameters, prepare the prompt and images on
+//! the blocking pool (never on the async threads, never on the model worker), queue the work and
+//! hand back a [`Session`] to read the output from.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use tracing::Instrument;
+
+use crate::api::Parameters;
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::prompt::Rendered;
+use crate::session::{Final, Session, SessionConfig, Timings};
+use crate::state::AppState;
+use crate::validation::{self, Resolved};
+use crate::worker::WorkItem;
+
+/// The request id set (or echoed) by the request-id middleware.
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        Ok(RequestId(id.to_string()))
+    }
+}
+
+pub struct Generation {
+    pub session: Session,
+    pub request_id: String,
+    /// The rendered prompt (with `<image>` markers) and its tokens.
+    pub prompt: String,
+    pub prompt_tokens: Vec<u32>,
+    pub resolved: Resolved,
+}
+
+pub async fn start(
+    s: &AppState,
+    request_id: &str,
+    rendered: Rendered,
+    params: &Parameters,
+) -> Result<Generation, ApiError> {
+    let arrived = Instant::now();
+    if s.draining() {
+        return Err(ApiError::unavailable(
+            "the server is shutting down",
+            s.cfg.server.retry_after_s,
+        ));
+    }
+    let rt = s.runtime()?;
+    if !rt.worker.alive() {
+        return Err(ApiError::unavailable(
+            "the model worker is not running",
+            s.cfg.server.retry_after_s,
+        ));
+    }
+    let resolved =
+        tracing::debug_span!("validate").in_scope(|| validation::resolve(params, &s.cfg.limits))?;
+    let prep = rt.prep.clone();
+    let span = tracing::debug_span!("preprocess", images = rendered.images.len());
+    let prepared = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| validation::prepare(rendered, resolved, &prep))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
+    let prepared_at = Instant::now();
+    metrics::histogram!(m::PREPARE_SECONDS).record((prepared_at - arrived).as_secs_f64());
+    let deadline = arrived + Duration::from_secs(s.cfg.server.request_timeout_s);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    rt.worker.submit(WorkItem {
+        request_id: request_id.to_string(),
+        tokens: prepared.tokens.clone(),
+        images: prepared.images,
+        params: prepared.params,
+        events: tx,
+        deadline,
+        enqueued: prepared_at,
+    })?;
+    metrics::counter!(m::PROMPT_TOKENS).increment(prepared.tokens.len() as u64);
+    let session = Session::new(
+        rx,
+        SessionConfig {
+            tokenizer: rt.tokenizer.clone(),
+            filter: s.filter.clone(),
+            stop: prepared.resolved.stop.clone(),
+            deadline,
+            script: s.hooks.script(),
+            retry_after_s: s.cfg.server.retry_after_s,
+            timings: Timings::new(arrived, prepared_at),
+        },
+    );
+    Ok(Generation {
+        session,
+        request_id: request_id.to_string(),
+        prompt: prepared.prompt,
+        prompt_tokens: prepared.tokens,
+        resolved: prepared.resolved,
+    })
+}
+
+impl Generation {
+    /// Runs to the end inside a `generate` span (non-streaming responses).
+    pub async fn collect(&mut self) -> Result<Final, ApiError> {
+        let span = tracing::debug_span!("generate", request_id = %self.request_id);
+        self.session.collect().instrument(span).await
+    }
+
+    /// The access-log line of a finished generation.
+    pub fn log_finished(&self, route: &str, f: &Final) {
+        tracing::info!(
+            request_id = %self.request_id,
+            route,
+            prompt_tokens = self.prompt_tokens.len(),
+            generated_tokens = f.generated_tokens,
+            finish_reason = f.finish_reason.as_str(),
+            filtered = f.filtered,
+            timings = %self.session.timings.header(),
+            "generation finished"
+        );
+    }
+
+    pub fn log_failed(&self, route: &str, e: &ApiError) {
+        tracing::warn!(request_id = %self.request_id, route, error = %e, "generation failed");
+    }
+}

@@ -1,0 +1,145 @@
+//! `POST /generate` and `POST /generate_stream` (TGI-compatible).
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::api::GenerateRequest;
+use crate::error::ApiError;
+use crate::pipeline::{self, Generation, RequestId};
+use crate::prompt::render_generate;
+use crate::session::{Final, TokenOut};
+use crate::sse;
+use crate::state::AppState;
+
+async fn begin(
+    s: &AppState,
+    id: &RequestId,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Generation, ApiError> {
+    let Json(req) = body?;
+    let rendered = render_generate(&req)?;
+    let params = req.parameters.unwrap_or_default();
+    pipeline::start(s, &id.0, rendered, &params).await
+}
+
+pub async fn generate(
+    State(s): State<AppState>,
+    id: RequestId,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mut g = begin(&s, &id, body).await?;
+    let f = g
+        .collect()
+        .await
+        .inspect_err(|e| g.log_failed("/generate", e))?;
+    g.log_finished("/generate", &f);
+    let r = &g.resolved;
+    let generated_text = if r.return_full_text {
+        format!("{}{}", g.prompt, f.generated_text)
+    } else {
+        f.generated_text.clone()
+    };
+    let mut body = json!({"generated_text": generated_text, "filtered": f.filtered});
+    if r.details {
+        let rt = s.runtime()?;
+        let prefill: Vec<Value> = if r.decoder_input_details {
+            // Prompt tokens are the client's own input; their log-probabilities would cost a
+            // second forward pass, so they are null.
+            g.prompt_tokens
+                .iter()
+                .map(|&t| json!({"id": t, "text": rt.tokenizer.token_piece(t), "logprob": null, "special": rt.tokenizer.is_special(t)}))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        body["details"] = json!({
+            "finish_reason": f.finish_reason.as_str(),
+            "generated_tokens": f.generated_tokens,
+            "seed": r.seed,
+            "tokens": withheld_if_blocked(&f),
+            "prefill": prefill,
+        });
+    }
+    let mut response = Json(body).into_response();
+    timing_headers(&mut response, &g);
+    Ok(response)
+}
+
+/// A blocked output is withheld whole: no token text leaves either.
+fn withheld_if_blocked(f: &Final) -> Vec<TokenOut> {
+    let mut tokens = f.tokens.clone();
+    if f.finish_reason == crate::session::Finish::ContentFilter {
+        tokens.iter_mut().for_each(|t| t.text.clear());
+    }
+    tokens
+}
+
+/// `x-timings` (for clients and the benchmark) and the standard `Server-Timing`.
+pub fn timing_headers(response: &mut Response, g: &Generation) {
+    let t = g.session.timings.header();
+    let server_timing = t
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        // `generate` is the model time's name in Server-Timing (scripts/bench_server.py reads it).
+        .map(|(k, v)| format!("{};dur={v}", if k == "model" { "generate" } else { k }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (name, value) in [("x-timings", t), ("server-timing", server_timing)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+}
+
+pub async fn generate_stream(
+    State(s): State<AppState>,
+    id: RequestId,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let params = req.parameters.clone().unwrap_or_default();
+    if params.num_beams.is_some_and(|b| b > 1) {
+        return Err(ApiError::validation(
+            "beam search (num_beams > 1) reports only at the end; use POST /generate",
+        )
+        .param("num_beams"));
+    }
+    let mut g = begin(&s, &id, Ok(Json(req))).await?;
+    let seed = g.resolved.seed;
+    let stream = async_stream::stream! {
+        let mut index = 0usize;
+        while let Some(step) = g.session.next().await {
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    g.log_failed("/generate_stream", &e);
+                    yield Ok::<_, Infallible>(sse::error(&e, false));
+                    break;
+                }
+            };
+            index += 1;
+            let token = step.token.map(|t| json!(t)).unwrap_or(Value::Null);
+            match step.end {
+                None => yield Ok(sse::json(&json!({"index": index, "token": token, "generated_text": null, "details": null}))),
+                Some(f) => {
+                    g.log_finished("/generate_stream", &f);
+                    yield Ok(sse::json(&json!({
+                        "index": index,
+                        "token": token,
+                        "generated_text": f.generated_text,
+                        "details": {"finish_reason": f.finish_reason.as_str(), "generated_tokens": f.generated_tokens, "seed": seed},
+                        "filtered": f.filtered,
+                    })));
+                    break;
+                }
+            }
+        }
+    };
+    Ok(sse::response(stream))
+}

@@ -1,0 +1,206 @@
+//! HTTP routes. [`ROUTES`] is the one table the router is built from; the test below compares it
+//! with the paths and methods of `openapi.yaml`, so the spec cannot drift from the server.
+
+pub mod assets;
+pub mod chat;
+pub mod generate;
+pub mod info;
+
+use axum::http::Uri;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+
+pub struct Route {
+    pub method: &'static str,
+    /// OpenAPI path syntax (`{name}` parameters; `/assets/{path}` matches nested paths).
+    pub path: &'static str,
+    /// Served without an API key even when keys are configured.
+    pub public: bool,
+}
+
+const fn route(method: &'static str, path: &'static str, public: bool) -> Route {
+    Route {
+        method,
+        path,
+        public,
+    }
+}
+
+pub const ROUTES: &[Route] = &[
+    route("GET", "/", true),
+    route("GET", "/assets/{path}", true),
+    route("POST", "/generate", false),
+    route("POST", "/generate_stream", false),
+    route("POST", "/v1/chat/completions", false),
+    route("GET", "/v1/models", false),
+    route("GET", "/health", true),
+    route("GET", "/ready", true),
+    route("GET", "/info", true),
+    route("GET", "/metrics", true),
+    route("GET", "/openapi.yaml", true),
+];
+
+fn handler(r: &Route) -> MethodRouter<AppState> {
+    match (r.method, r.path) {
+        ("GET", "/") => get(assets::index),
+        ("GET", "/assets/{path}") => get(assets::asset),
+        ("POST", "/generate") => post(generate::generate),
+        ("POST", "/generate_stream") => post(generate::generate_stream),
+        ("POST", "/v1/chat/completions") => post(chat::chat_completions),
+        ("GET", "/v1/models") => get(info::models),
+        ("GET", "/health") => get(info::health),
+        ("GET", "/ready") => get(info::ready),
+        ("GET", "/info") => get(info::info),
+        ("GET", "/metrics") => get(info::metrics),
+        ("GET", "/openapi.yaml") => get(info::openapi),
+        (m, p) => unreachable!("ROUTES lists {m} {p} without a handler"),
+    }
+}
+
+/// `/assets/{path}` is a catch-all in axum's syntax.
+fn axum_path(path: &str) -> String {
+    path.replace("{path}", "{*path}")
+}
+
+pub fn router() -> Router<AppState> {
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, route| {
+            r.route(&axum_path(route.path), handler(route))
+        })
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Whether a request path may skip the API key.
+pub fn is_public(path: &str) -> bool {
+    ROUTES.iter().any(|r| {
+        r.public
+            && match r.path.strip_suffix("{path}") {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == r.path,
+            }
+    })
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no route {}; see /openapi.yaml", uri.path()),
+    )
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("method not allowed on {}; see /openapi.yaml", uri.path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const SPEC: &str = include_str!("../../../../openapi.yaml");
+
+    fn spec() -> serde_norway::Value {
+        serde_norway::from_str(SPEC).expect("openapi.yaml is valid YAML")
+    }
+
+    #[test]
+    fn router_and_openapi_list_the_same_operations() {
+        let spec = spec();
+        let paths = spec["paths"].as_mapping().expect("paths");
+        let mut documented = BTreeSet::new();
+        for (path, item) in paths {
+            for (method, _) in item.as_mapping().expect("path item") {
+                let method = method.as_str().unwrap();
+                if ["get", "post", "put", "delete", "patch", "options", "head"].contains(&method) {
+                    documented.insert((method.to_uppercase(), path.as_str().unwrap().to_string()));
+                }
+            }
+        }
+        let served: BTreeSet<_> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(
+            served, documented,
+            "the router (ROUTES) and openapi.yaml list different operations"
+        );
+    }
+
+    #[test]
+    fn every_operation_documents_its_responses_and_refs_resolve() {
+        let spec = spec();
+        for (path, item) in spec["paths"].as_mapping().unwrap() {
+            for (method, op) in item.as_mapping().unwrap() {
+                let responses = op["responses"].as_mapping();
+                assert!(
+                    responses.is_some_and(|r| !r.is_empty()),
+                    "{method:?} {path:?} has no responses"
+                );
+                assert!(
+                    op["summary"].as_str().is_some(),
+                    "{method:?} {path:?} has no summary"
+                );
+            }
+        }
+        // Every `$ref` points at something defined.
+        for line in SPEC.lines() {
+            let Some(rest) = line.split("$ref: \"#/").nth(1) else {
+                continue;
+            };
+            let target = rest.split('"').next().unwrap();
+            let mut node = &spec;
+            for part in target.split('/') {
+                node = &node[part];
+            }
+            assert!(!node.is_null(), "dangling $ref #/{target}");
+        }
+    }
+
+    #[test]
+    fn error_kinds_match_the_spec() {
+        let spec = spec();
+        let documented: BTreeSet<String> = spec["components"]["schemas"]["Error"]["properties"]
+            ["error_type"]["enum"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        use crate::error::ErrorKind::*;
+        let kinds: BTreeSet<String> = [
+            InvalidRequest,
+            Unauthorized,
+            NotFound,
+            MethodNotAllowed,
+            PayloadTooLarge,
+            Validation,
+            Overloaded,
+            Unavailable,
+            Timeout,
+            Internal,
+        ]
+        .iter()
+        .map(|k| k.as_str().to_string())
+        .collect();
+        assert_eq!(kinds, documented);
+    }
+
+    #[test]
+    fn every_route_has_a_handler_and_public_paths_are_exact() {
+        let _ = router();
+        assert!(is_public("/health"));
+        assert!(is_public("/assets/app.js"));
+        assert!(is_public("/"));
+        assert!(!is_public("/generate"));
+        assert!(!is_public("/v1/models"));
+        assert!(!is_public("/healthz"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Loading: model paths from the config, load options, tokenizer, worker; the `/info` summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use flamingo_model::engine::Engine;
+use flamingo_model::quant::Quantization;
+use flamingo_model::tokenizer::FlamingoTokenizer;
+use flamingo_model::{Flamingo, LoadOptions, MediaRule, ModelPaths, VisionWeights};
+use serde_json::json;
+
+use crate::config::{Config, DEFAULT_MODEL_DIR};
+use crate::state::Runtime;
+use crate::testing::TestHooks;
+use crate::validation::PrepContext;
+use crate::worker::{self, WorkerConfig};
+
+/// A relative path is taken from the working directory; if it is not there, from the source
+/// checkout the binary was built in, so the bundled tiny model is found from anywhere in a
+/// fresh clone.
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    let from_checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    if from_checkout.exists() {
+        from_checkout
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn model_paths(cfg: &Config) -> Result<ModelPaths, String> {
+    let m = &cfg.model;
+    let dir = resolve(&m.dir);
+    let separate = m.llama_dir.is_some()
+        && m.checkpoint.is_some()
+        && (m.vision_weights.is_some() || m.vision_hf_dir.is_some());
+    let mut paths = match ModelPaths::from_dir(&dir) {
+        Ok(p) => p,
+        Err(_) if separate => {
+            let llama = resolve(m.llama_dir.as_deref().unwrap_or(Path::new("")));
+            ModelPaths {
+                tokenizer: llama.join("tokenizer.json"),
+                llama_dir: llama,
+                vision: VisionWeights::HfClip {
+                    dir: PathBuf::new(),
+                },
+                checkpoint: PathBuf::new(),
+                flamingo_config: None,
+            }
+        }
+        Err(e) => {
+            let hint = if m.dir == Path::new(DEFAULT_MODEL_DIR) {
+                " (the default is the bundled tiny model; set model.dir / --model-dir, or llama_dir + checkpoint + vision_weights)"
+            } else {
+                ""
+            };
+            return Err(format!("model.dir = {}: {e}{hint}", dir.display()));
+        }
+    };
+    if let Some(l) = &m.llama_dir {
+        paths.llama_dir = resolve(l);
+        paths.tokenizer = paths.llama_dir.join("tokenizer.json");
+    }
+    if let Some(v) = &m.vision_weights {
+        paths.vision = flamingo_model::paths::open_clip_in(&resolve(v))
+            .map_err(|e| format!("model.vision_weights: {e}"))?;
+    }
+    if let Some(v) = &m.vision_hf_dir {
+        paths.vision = VisionWeights::HfClip { dir: resolve(v) };
+    }
+    if let Some(c) = &m.checkpoint {
+        paths.checkpoint = resolve(c);
+    }
+    if let Some(c) = &m.flamingo_config {
+        paths.flamingo_config = Some(resolve(c));
+    }
+    if let Some(t) = &m.tokenizer {
+        paths.tokenizer = resolve(t);
+    }
+    Ok(paths)
+}
+
+fn device(name: &str) -> Result<Device, String> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = name
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Device::new_cuda(ordinal).map_err(|e| {
+        format!("model.device = {name}: {e} (is this binary built with `--features cuda`, and is a GPU visible?)")
+    })
+}
+
+fn load_options(cfg: &Config) -> Result<(LoadOptions, Option<Quantization>), String> {
+    let m = &cfg.model;
+    let dtype = match m.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let media_rule = if m.media_rule == "previous_image" {
+        MediaRule::PreviousImage
+    } else {
+        MediaRule::NextImage
+    };
+    let quant = match m.quantization.as_str() {
+        "q8_0" => Some(Quantization::Q8_0),
+        "q4k" => Some(Quantization::Q4K),
+        _ => None,
+    };
+    Ok((
+        LoadOptions {
+            dtype,
+            device: device(&m.device)?,
+            media_rule: Some(media_rule),
+        },
+        quant,
+    ))
+}
+
+/// Loads the model and tokenizer and starts the worker (blocking; minutes for the 9B model).
+pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> {
+    let paths = model_paths(cfg)?;
+    let (opts, quant) = load_options(cfg)?;
+    let started = Instant::now();
+    tracing::info!(llama = %paths.llama_dir.display(), checkpoint = %paths.checkpoint.display(), dtype = %cfg.model.dtype, device = %cfg.model.device, "loading the model");
+    let model =
+        Flamingo::load_with(&paths, &opts, quant).map_err(|e| format!("loading the model: {e}"))?;
+    let tokenizer = Arc::new(
+        FlamingoTokenizer::from_file(&paths.tokenizer)
+            .map_err(|e| format!("model.tokenizer ({}): {e}", paths.tokenizer.display()))?,
+    );
+    crate::filter::warm_up();
+    let model = Arc::new(model);
+    let mc = model.config();
+    let model_info = json!({
+        "model_id": cfg.model.id,
+        "dtype": cfg.model.dtype,
+        "device": cfg.model.device,
+        "quantization": cfg.model.quantization,
+        "media_rule": cfg.model.media_rule,
+        "max_positions": model.max_positions(),
+        "vocab_size": mc.vocab_size(),
+        "architecture": {
+            "vision_width": mc.vision.width,
+            "vision_layers": mc.vision.layers,
+            "image_size": mc.vision.image_size,
+            "hidden_size": mc.llama.hidden_size,
+            "layers": mc.llama.num_hidden_layers,
+            "cross_attn_every_n_layers": mc.cross_attn_every_n_layers,
+        },
+    });
+    let prep = Arc::new(PrepContext {
+        tokenizer: tokenizer.clone(),
+        limits: cfg.limits.clone(),
+        max_positions: model.max_positions(),
+        checker: Engine::new(model.clone()),
+    });
+    let l = &cfg.limits;
+    let worker = worker::spawn(
+        model,
+        WorkerConfig {
+            max_batch_size: l.max_batch_size,
+            max_batch_tokens: l.max_batch_tokens,
+            max_queue: l.max_queue,
+            image_cache_entries: l.image_cache_entries,
+            retry_after_s: cfg.server.retry_after_s,
+            hooks: hooks.clone(),
+        },
+    )
+    .map_err(|e| format!("starting the model worker: {e}"))?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        max_positions = prep.max_positions,
+        "model loaded"
+    );
+    Ok(Runtime {
+        tokenizer,
+        prep,
+        worker,
+        model_info,
+    })
+}
