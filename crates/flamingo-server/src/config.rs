@@ -271,15 +271,6 @@ impl Config {
                 ),
             );
         }
-        if l.max_beams > l.max_batch_size {
-            return bad(
-                "limits.max_beams",
-                format!(
-                    "must not exceed limits.max_batch_size ({})",
-                    l.max_batch_size
-                ),
-            );
-        }
         if l.max_image_side == 0 || l.max_image_pixels == 0 {
             return bad(
                 "limits.max_image_side / limits.max_image_pixels",
@@ -570,7 +561,6 @@ mod tests {
             &|c| c.server.allow_image_urls = true,
             "server.allow_image_urls",
         );
-        check(&|c| c.limits.max_beams = 64, "limits.max_beams");
         Config::default().validate().unwrap();
         let mut c = Config::default();
         c.model.device = "cuda:1".into();
