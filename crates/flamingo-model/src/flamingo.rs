@@ -186,7 +186,7 @@ impl Flamingo {
         quant: Option<Quantization>,
     ) -> Result<Self> {
         let vb = candle_nn::VarBuilder::from_backend(
-            Box::new(crate::weights::RandomWeights::default()),
+            Box::new(crate::weights::RandomWeights),
             opts.dtype,
             opts.device.clone(),
         );

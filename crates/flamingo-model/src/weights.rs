@@ -358,9 +358,7 @@ impl SimpleBackend for StoreBackend {
 
 /// Weights drawn from N(0, 0.02) (norm scales 1), for benchmarking shapes without files.
 #[derive(Default)]
-pub struct RandomWeights {
-    counter: std::sync::atomic::AtomicU64,
-}
+pub struct RandomWeights;
 
 impl SimpleBackend for RandomWeights {
     fn get(
@@ -371,8 +369,6 @@ impl SimpleBackend for RandomWeights {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let is_norm_scale = shape.rank() == 1 && name.ends_with("weight");
         let t = if is_norm_scale {
             Tensor::ones(shape, DType::F32, dev)?

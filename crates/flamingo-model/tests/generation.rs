@@ -28,17 +28,9 @@ fn requests(f: &Fixture, case: &Value) -> Vec<(Vec<u32>, Option<Tensor>)> {
         .zip(images)
         .map(|(p, imgs)| {
             let tokens = f.tokenizer.encode(p).unwrap();
-            let latents = tokens.contains(&f.model.image_token_id()).then(|| {
-                let px: Vec<Tensor> = imgs
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|n| reference_pixels(n.as_str().unwrap()))
-                    .collect();
-                f.model
-                    .encode_images(&Tensor::cat(&px, 0).unwrap())
-                    .unwrap()
-            });
+            let latents = tokens
+                .contains(&f.model.image_token_id())
+                .then(|| encode_named_images(&f.model, imgs));
             (tokens, latents)
         })
         .collect()

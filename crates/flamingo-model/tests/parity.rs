@@ -41,17 +41,7 @@ fn rows(f: &Fixture, case: &serde_json::Value) -> Vec<(Vec<u32>, Option<Tensor>)
                 .map(|(t, _)| t)
                 .collect();
             let has_image = tokens.contains(&f.model.image_token_id());
-            let latents = has_image.then(|| {
-                let pixels: Vec<Tensor> = imgs
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|n| reference_pixels(n.as_str().unwrap()))
-                    .collect();
-                f.model
-                    .encode_images(&Tensor::cat(&pixels, 0).unwrap())
-                    .unwrap()
-            });
+            let latents = has_image.then(|| encode_named_images(&f.model, imgs));
             (tokens, latents)
         })
         .collect()

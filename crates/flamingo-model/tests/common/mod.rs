@@ -94,3 +94,16 @@ pub const CASES: [&str; 4] = [
     "text_only",
     "batch_left_pad",
 ];
+
+/// Resampled latents of a case row's images (`["gradient", ...]`), in order.
+pub fn encode_named_images(model: &Flamingo, names: &Value) -> Tensor {
+    let pixels: Vec<Tensor> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| reference_pixels(n.as_str().unwrap()))
+        .collect();
+    model
+        .encode_images(&Tensor::cat(&pixels, 0).unwrap())
+        .unwrap()
+}
