@@ -231,3 +231,26 @@ fn quantized_logits_stay_close() {
         assert!(diff > 0.0, "{q:?} must actually quantize something");
     }
 }
+
+/// The tiny LLaMA as torch `pytorch_model-0000N-of-00002.bin` shards with an index (written by
+/// torch 2.0.1, as transformers 4.28 conversions are) loads identically to the safetensors.
+#[test]
+fn sharded_pytorch_bin_llama_loads_identically() {
+    let llama = fixture_dir().join("../llama-bin-sharded");
+    let model = Flamingo::load(&paths_with_llama(llama), &LoadOptions::default()).unwrap();
+    let diff = max_abs_diff(&caption_logits(&model), &caption_logits(&reference_model()));
+    assert_eq!(diff, 0.0);
+}
+
+/// open_clip vision weights as a torch pickle (`open_clip_pytorch_model.bin`) load like the
+/// safetensors copy.
+#[test]
+fn open_clip_torch_pickle_vision_matches() {
+    let mut paths = ModelPaths::from_dir(&fixture_dir()).unwrap();
+    paths.vision =
+        flamingo_model::paths::open_clip_in(&fixture_dir().join("../vision-open-clip-bin"))
+            .unwrap();
+    let model = Flamingo::load(&paths, &LoadOptions::default()).unwrap();
+    let diff = max_abs_diff(&caption_logits(&model), &caption_logits(&reference_model()));
+    assert_eq!(diff, 0.0);
+}
