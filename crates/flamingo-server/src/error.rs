@@ -25,6 +25,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for the spec check against openapi.yaml.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::Validation,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,

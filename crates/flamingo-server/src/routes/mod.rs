@@ -174,22 +174,10 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-        use crate::error::ErrorKind::*;
-        let kinds: BTreeSet<String> = [
-            InvalidRequest,
-            Unauthorized,
-            NotFound,
-            MethodNotAllowed,
-            PayloadTooLarge,
-            Validation,
-            Overloaded,
-            Unavailable,
-            Timeout,
-            Internal,
-        ]
-        .iter()
-        .map(|k| k.as_str().to_string())
-        .collect();
+        let kinds: BTreeSet<String> = crate::error::ErrorKind::ALL
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
         assert_eq!(kinds, documented);
     }
 
