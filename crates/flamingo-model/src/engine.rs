@@ -354,7 +354,17 @@ impl Engine {
             let reason = match &mut a.decoding {
                 Decoding::Single(s) => {
                     let row = rows.next().expect("one row per sequence");
-                    let seen: Vec<u32> = a.prompt.iter().chain(&s.generated).copied().collect();
+                    // Only the repetition penalty looks at history; don't copy it every step otherwise.
+                    let penalised = s
+                        .sampler
+                        .params()
+                        .repetition_penalty
+                        .is_some_and(|p| p != 1.0);
+                    let seen: Vec<u32> = if penalised {
+                        a.prompt.iter().chain(&s.generated).copied().collect()
+                    } else {
+                        Vec::new()
+                    };
                     let (id, logprob) = s.sampler.next(&row, &seen);
                     s.generated.push(id);
                     events.push(Event::Token {

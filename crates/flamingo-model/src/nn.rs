@@ -1,7 +1,7 @@
 //! Small building blocks shared by the vision tower, the resampler and the xattn blocks.
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
 
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(
@@ -12,21 +12,6 @@ pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
         },
         vb,
     )
-}
-
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
-}
-
-pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear_no_bias(in_dim, out_dim, vb)
-}
-
-/// Softmax over the last dim, in f32 whatever the activation dtype (as transformers does).
-pub fn softmax_f32(scores: &Tensor) -> Result<Tensor> {
-    let dtype = scores.dtype();
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
-    probs.to_dtype(dtype)
 }
 
 /// `[.., tokens, heads * head_dim]` -> `[.., heads, tokens, head_dim]`, contiguous.
@@ -104,8 +89,4 @@ impl Module for FeedForward {
             .gelu_erf()?
             .apply(&self.down)
     }
-}
-
-pub fn last_dim(x: &Tensor) -> Result<usize> {
-    x.dim(D::Minus1)
 }

@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::config::ResamplerConfig;
-use crate::nn::{attention, layer_norm, linear_no_bias, merge_heads, split_heads, FeedForward};
+use candle_nn::linear_no_bias;
+
+use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
 
 struct PerceiverAttention {
     norm_media: LayerNorm,

@@ -5,7 +5,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::config::VisionConfig;
-use crate::nn::{attention, layer_norm, linear, merge_heads, split_heads};
+use candle_nn::linear;
+
+use crate::nn::{attention, layer_norm, merge_heads, split_heads};
 
 struct ResidualBlock {
     ln_1: LayerNorm,

@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::config::XattnConfig;
-use crate::nn::{attention, layer_norm, linear_no_bias, merge_heads, split_heads, FeedForward};
+use candle_nn::linear_no_bias;
+
+use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
 
 /// Keys and values of one sequence's images for one block: [heads, images * latents, dim_head].
 #[derive(Debug, Clone)]
