@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, RmsNorm};
 
-use crate::quant::{Proj, Quantization};
+use crate::linear::{Linear, Quantization};
 
 use crate::config::{
     FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig,
@@ -53,7 +53,7 @@ pub struct Flamingo {
     embed_tokens: Embedding,
     layers: Vec<FlamingoLayer>,
     norm: RmsNorm,
-    lm_head: Proj,
+    lm_head: Linear,
     rotary: Rotary,
     cfg: FlamingoConfig,
     dtype: DType,
@@ -244,7 +244,7 @@ impl Flamingo {
             embed_tokens: Embedding::new(ckpt_vb.get((vocab, h), EMBED_KEY)?, h),
             layers,
             norm: candle_nn::rms_norm(h, l.rms_norm_eps, llama_vb.pp("model.norm"))?,
-            lm_head: Proj::from_weight(Tensor::cat(&[&head, &extra], 0)?, quant)?,
+            lm_head: Linear::from_weights(Tensor::cat(&[&head, &extra], 0)?, None, quant)?,
             rotary: Rotary::new(l, l.max_position_embeddings, opts.dtype, &opts.device)?,
             cfg: cfg.clone(),
             dtype: opts.dtype,

@@ -7,8 +7,8 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
+use crate::linear::{Linear, Quantization};
 use crate::nn::{attention, merge_heads, split_heads};
-use crate::quant::{Proj, Quantization};
 
 /// Where a sequence's tokens sit in the packed batch and in its own history.
 pub struct AttnRows<'a> {
@@ -68,10 +68,10 @@ impl Rotary {
 }
 
 struct SelfAttention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
-    o_proj: Proj,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -82,10 +82,20 @@ impl SelfAttention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.kv_heads() * hd;
         Ok(Self {
-            q_proj: Proj::new(h, cfg.num_attention_heads * hd, vb.pp("q_proj"), quant)?,
-            k_proj: Proj::new(h, kv, vb.pp("k_proj"), quant)?,
-            v_proj: Proj::new(h, kv, vb.pp("v_proj"), quant)?,
-            o_proj: Proj::new(cfg.num_attention_heads * hd, h, vb.pp("o_proj"), quant)?,
+            q_proj: Linear::load_quantizable(
+                h,
+                cfg.num_attention_heads * hd,
+                vb.pp("q_proj"),
+                quant,
+            )?,
+            k_proj: Linear::load_quantizable(h, kv, vb.pp("k_proj"), quant)?,
+            v_proj: Linear::load_quantizable(h, kv, vb.pp("v_proj"), quant)?,
+            o_proj: Linear::load_quantizable(
+                cfg.num_attention_heads * hd,
+                h,
+                vb.pp("o_proj"),
+                quant,
+            )?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: hd,
@@ -146,9 +156,9 @@ fn causal_mask(n: usize, total: usize, device: &Device) -> Result<Option<Tensor>
 }
 
 struct Mlp {
-    gate_proj: Proj,
-    up_proj: Proj,
-    down_proj: Proj,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Module for Mlp {
@@ -179,9 +189,9 @@ impl DecoderLayer {
                 vb.pp("post_attention_layernorm"),
             )?,
             mlp: Mlp {
-                gate_proj: Proj::new(h, i, mlp.pp("gate_proj"), quant)?,
-                up_proj: Proj::new(h, i, mlp.pp("up_proj"), quant)?,
-                down_proj: Proj::new(i, h, mlp.pp("down_proj"), quant)?,
+                gate_proj: Linear::load_quantizable(h, i, mlp.pp("gate_proj"), quant)?,
+                up_proj: Linear::load_quantizable(h, i, mlp.pp("up_proj"), quant)?,
+                down_proj: Linear::load_quantizable(i, h, mlp.pp("down_proj"), quant)?,
             },
         })
     }

@@ -3,6 +3,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use crate::linear::Linear;
+
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(
         dim,
@@ -62,8 +64,8 @@ pub fn attention(
 /// the resampler and the xattn blocks; no biases on the linears.
 pub struct FeedForward {
     norm: LayerNorm,
-    up: crate::quant::Proj,
-    down: crate::quant::Proj,
+    up: crate::linear::Linear,
+    down: crate::linear::Linear,
 }
 
 impl FeedForward {
@@ -71,13 +73,12 @@ impl FeedForward {
         dim: usize,
         mult: usize,
         vb: VarBuilder,
-        quant: Option<crate::quant::Quantization>,
+        quant: Option<crate::linear::Quantization>,
     ) -> Result<Self> {
-        use crate::quant::Proj;
         Ok(Self {
             norm: layer_norm(dim, 1e-5, vb.pp("0"))?,
-            up: Proj::new(dim, dim * mult, vb.pp("1"), quant)?,
-            down: Proj::new(dim * mult, dim, vb.pp("3"), quant)?,
+            up: Linear::load_quantizable(dim, dim * mult, vb.pp("1"), quant)?,
+            down: Linear::load_quantizable(dim * mult, dim, vb.pp("3"), quant)?,
         })
     }
 }

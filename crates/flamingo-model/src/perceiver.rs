@@ -2,10 +2,11 @@
 //! Every layer re-normalises the *original* patch tokens; keys/values are [norm(x); norm(latents)].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::config::ResamplerConfig;
-use candle_nn::linear_no_bias;
 
 use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
 
@@ -25,9 +26,9 @@ impl PerceiverAttention {
         Ok(Self {
             norm_media: layer_norm(dim, 1e-5, vb.pp("norm_media"))?,
             norm_latents: layer_norm(dim, 1e-5, vb.pp("norm_latents"))?,
-            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
-            to_kv: linear_no_bias(dim, 2 * inner, vb.pp("to_kv"))?,
-            to_out: linear_no_bias(inner, dim, vb.pp("to_out"))?,
+            to_q: Linear::load(dim, inner, false, vb.pp("to_q"))?,
+            to_kv: Linear::load(dim, 2 * inner, false, vb.pp("to_kv"))?,
+            to_out: Linear::load(inner, dim, false, vb.pp("to_out"))?,
             heads: cfg.heads,
             dim_head: cfg.dim_head,
         })

@@ -2,17 +2,16 @@
 //! `ln_pre` applied, CLS dropped, no `ln_post`/`proj` (spec §2). Module paths are open_clip keys.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::config::VisionConfig;
-use candle_nn::linear;
+use crate::linear::Linear;
 
 use crate::nn::{attention, layer_norm, merge_heads, split_heads};
 
 struct ResidualBlock {
     ln_1: LayerNorm,
-    in_proj_weight: Tensor,
-    in_proj_bias: Tensor,
+    in_proj: Linear,
     out_proj: Linear,
     ln_2: LayerNorm,
     c_fc: Linear,
@@ -26,23 +25,24 @@ impl ResidualBlock {
         let attn = vb.pp("attn");
         Ok(Self {
             ln_1: layer_norm(w, eps, vb.pp("ln_1"))?,
-            in_proj_weight: attn.get((3 * w, w), "in_proj_weight")?,
-            in_proj_bias: attn.get(3 * w, "in_proj_bias")?,
-            out_proj: linear(w, w, attn.pp("out_proj"))?,
+            in_proj: Linear::from_weights(
+                attn.get((3 * w, w), "in_proj_weight")?,
+                Some(attn.get(3 * w, "in_proj_bias")?),
+                None,
+            )?,
+            out_proj: Linear::load(w, w, true, attn.pp("out_proj"))?,
             ln_2: layer_norm(w, eps, vb.pp("ln_2"))?,
-            c_fc: linear(w, cfg.mlp_width(), vb.pp("mlp").pp("c_fc"))?,
-            c_proj: linear(cfg.mlp_width(), w, vb.pp("mlp").pp("c_proj"))?,
+            c_fc: Linear::load(w, cfg.mlp_width(), true, vb.pp("mlp").pp("c_fc"))?,
+            c_proj: Linear::load(cfg.mlp_width(), w, true, vb.pp("mlp").pp("c_proj"))?,
             heads: cfg.heads,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let width = self.out_proj.weight().dim(0)?;
+        let width = self.out_proj.out_dim();
         let h = x.apply(&self.ln_1)?;
         // Packed rows are [q; k; v] along the output dim (nn.MultiheadAttention layout).
-        let qkv = h
-            .broadcast_matmul(&self.in_proj_weight.t()?)?
-            .broadcast_add(&self.in_proj_bias)?;
+        let qkv = h.apply(&self.in_proj)?;
         let part = |i: usize| split_heads(&qkv.narrow(2, i * width, width)?, self.heads);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let scale = 1.0 / ((width / self.heads) as f64).sqrt();
@@ -55,7 +55,7 @@ impl ResidualBlock {
 }
 
 pub struct VisionTransformer {
-    patch_weight: Tensor,
+    patch_embed: Linear,
     class_embedding: Tensor,
     positional_embedding: Tensor,
     ln_pre: LayerNorm,
@@ -73,7 +73,7 @@ impl VisionTransformer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             // A stride-p, kernel-p convolution is a matmul over flattened (c, ky, kx) patches.
-            patch_weight: conv.reshape((w, 3 * p * p))?,
+            patch_embed: Linear::from_weights(conv.reshape((w, 3 * p * p))?, None, None)?,
             class_embedding: vb.get(w, "class_embedding")?,
             positional_embedding: vb.get((cfg.num_patches() + 1, w), "positional_embedding")?,
             ln_pre: layer_norm(w, cfg.layer_norm_eps, vb.pp("ln_pre"))?,
@@ -91,7 +91,7 @@ impl VisionTransformer {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((n, g * g, 3 * p * p))?;
-        let tokens = patches.broadcast_matmul(&self.patch_weight.t()?)?;
+        let tokens = patches.apply(&self.patch_embed)?;
         let cls = self
             .class_embedding
             .reshape((1, 1, w))?

@@ -2,10 +2,11 @@
 //! stream. Media keys/values depend only on the images, so they are computed once per sequence.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::config::XattnConfig;
-use candle_nn::linear_no_bias;
 
 use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
 
@@ -46,15 +47,15 @@ impl GatedCrossAttention {
         num_latents: usize,
         cfg: &XattnConfig,
         vb: VarBuilder,
-        quant: Option<crate::quant::Quantization>,
+        quant: Option<crate::linear::Quantization>,
     ) -> Result<Self> {
         let inner = cfg.heads * cfg.dim_head;
         let attn = vb.pp("attn");
         Ok(Self {
             norm: layer_norm(dim, 1e-5, attn.pp("norm"))?,
-            to_q: linear_no_bias(dim, inner, attn.pp("to_q"))?,
-            to_kv: linear_no_bias(dim_visual, 2 * inner, attn.pp("to_kv"))?,
-            to_out: linear_no_bias(inner, dim, attn.pp("to_out"))?,
+            to_q: Linear::load(dim, inner, false, attn.pp("to_q"))?,
+            to_kv: Linear::load(dim_visual, 2 * inner, false, attn.pp("to_kv"))?,
+            to_out: Linear::load(inner, dim, false, attn.pp("to_out"))?,
             attn_gate: vb.get(1, "attn_gate")?.tanh()?,
             ff: FeedForward::new(dim, cfg.ff_mult, vb.pp("ff"), quant)?,
             ff_gate: vb.get(1, "ff_gate")?.tanh()?,

@@ -220,7 +220,7 @@ fn half_precision_logits_stay_close() {
 /// Quantized projections run and stay near f32; the error is printed for the record.
 #[test]
 fn quantized_logits_stay_close() {
-    use flamingo_model::quant::Quantization;
+    use flamingo_model::linear::Quantization;
     let reference = caption_logits(&reference_model());
     let paths = ModelPaths::from_dir(&fixture_dir()).unwrap();
     for (q, bound) in [(Quantization::Q8_0, 0.1), (Quantization::Q4K, 0.5)] {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use flamingo_model::engine::Engine;
-use flamingo_model::quant::Quantization;
+use flamingo_model::linear::Quantization;
 use flamingo_model::tokenizer::FlamingoTokenizer;
 use flamingo_model::{Flamingo, LoadOptions, MediaRule, ModelPaths, VisionWeights};
 use serde_json::json;

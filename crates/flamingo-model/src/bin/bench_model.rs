@@ -146,33 +146,68 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
     Ok(())
 }
 
+/// One projection at a time: candle's gemm against the packed kernel in each weight dtype.
+fn linear_mode() -> BoxResult<()> {
+    use flamingo_model::kernels::{PackedMatrix, WeightDtype};
+    let dev = Device::Cpu;
+    let time = |f: &mut dyn FnMut() -> BoxResult<()>| -> BoxResult<f64> {
+        f()?;
+        let reps = 10;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        Ok(t.elapsed().as_secs_f64() / reps as f64 * 1e3)
+    };
+    for (n, k) in [
+        (32003usize, 512usize),
+        (1376, 512),
+        (512, 1376),
+        (1152, 384),
+        (4096, 4096),
+    ] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let packed: Vec<PackedMatrix> = [WeightDtype::F32, WeightDtype::F16, WeightDtype::BF16]
+            .into_iter()
+            .map(|d| PackedMatrix::new(&wv, n, k, d))
+            .collect();
+        for m in [1usize, 4, 16, 257] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            let candle = time(&mut || {
+                x.matmul(&w.t()?)?;
+                Ok(())
+            })?;
+            let mut out = vec![0f32; m * n];
+            let ours: Vec<f64> = packed
+                .iter()
+                .map(|p| {
+                    time(&mut || {
+                        p.matmul(&xv, m, None, &mut out);
+                        Ok(())
+                    })
+                })
+                .collect::<BoxResult<_>>()?;
+            let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
+            println!(
+                "n={n} k={k} m={m}: candle {candle:.3} ms ({:.0} GFLOP/s) | packed f32 {:.3} ms ({:.0} GFLOP/s, {:.1} GB/s) f16 {:.3} ms bf16 {:.3} ms",
+                gflops(candle),
+                ours[0],
+                gflops(ours[0]),
+                (n * k * 4) as f64 / ours[0] / 1e6,
+                ours[1],
+                ours[2]
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("linear") {
-        let dev = Device::Cpu;
-        for (n, k) in [
-            (32003usize, 512usize),
-            (1376, 512),
-            (512, 1376),
-            (4096, 4096),
-        ] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
-            for m in [1usize, 4, 16] {
-                let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-                let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> BoxResult<f64> {
-                    f()?;
-                    let t = Instant::now();
-                    for _ in 0..20 {
-                        f()?;
-                    }
-                    Ok(t.elapsed().as_secs_f64() / 20.0 * 1e3)
-                };
-                let a = time(&|| x.matmul(&w.t()?))?;
-                let b = time(&|| w.matmul(&x.t()?)?.t()?.contiguous())?;
-                println!("n={n} k={k} m={m}: x@W^T {a:.3} ms, (W@x^T)^T {b:.3} ms");
-            }
-        }
-        return Ok(());
+        return linear_mode();
     }
     if args.first().map(String::as_str) == Some("requests") {
         let dir = args
@@ -207,8 +242,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         media_rule: None,
     };
     let quant = match flag("--quant").as_deref() {
-        Some("q8_0") => Some(flamingo_model::quant::Quantization::Q8_0),
-        Some("q4k") => Some(flamingo_model::quant::Quantization::Q4K),
+        Some("q8_0") => Some(flamingo_model::linear::Quantization::Q8_0),
+        Some("q4k") => Some(flamingo_model::linear::Quantization::Q4K),
         _ => None,
     };
     let started = Instant::now();

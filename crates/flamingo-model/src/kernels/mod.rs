@@ -1,0 +1,64 @@
+//! CPU matrix multiply for the model's linear layers: `y = x · Wᵀ (+ b)` with the weight packed
+//! once at load time into 16-column panels (`[panel][k][16]`), so a decode step streams every
+//! weight exactly once, front to back, at memory bandwidth, and a prefill reuses each panel from
+//! cache across many rows.
+//!
+//! Every output element is one fused multiply-add chain over `k` in order, started from zero, so
+//! a row's result does not depend on how many other rows share the call, on the tile it lands
+//! in, on the thread count or on the instruction set (AVX-512, AVX2 and the portable path agree
+//! bit for bit). That keeps a sequence's tokens the same alone or in any batch.
+
+mod packed;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use packed::{PackedMatrix, WeightDtype};
+
+/// Which implementation runs the tiles; chosen once per process from the CPU's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every implementation this CPU can run (for tests that compare them).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::detect();
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if matches!(best, Isa::Avx2 | Isa::Avx512) {
+                all.push(Isa::Avx2);
+            }
+            if best == Isa::Avx512 {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+}
+
+pub fn best_isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}

@@ -1,0 +1,442 @@
+//! Panel packing of a `[n, k]` weight and the threaded, cache-blocked driver around the tiles.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::Isa;
+
+pub const PANEL: usize = 16;
+/// Rows of `x` processed against one panel group before moving on: `ROW_BLOCK × k` floats stay
+/// in L2 while the thread's panels stream past them.
+const ROW_BLOCK: usize = 96;
+/// Below this many multiply-adds a call runs on the calling thread (spawn cost dominates).
+const PARALLEL_MIN_FMAS: usize = 1 << 16;
+
+/// Element types a packed weight can be stored in; every product is computed in f32.
+pub trait Elem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl WeightDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::BF16 => 2,
+        }
+    }
+}
+
+/// 64-byte aligned storage so every panel row is one cache line (f32) or half of one.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+#[derive(Clone)]
+enum Panels {
+    F32(Vec<Line>),
+    F16(Vec<Line>),
+    BF16(Vec<Line>),
+}
+
+/// A `[n, k]` (out × in) weight in panel layout `[ceil(n/16)][k][16]`, zero-padded past `n`.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    panels: Panels,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix({}x{}, {:?})", self.n, self.k, self.dtype())
+    }
+}
+
+fn pack<E: Elem>(w: &[f32], n: usize, k: usize) -> Vec<Line> {
+    let panels = n.div_ceil(PANEL);
+    let elems = panels * k * PANEL;
+    let bytes = elems * std::mem::size_of::<E>();
+    let mut lines = vec![Line([0; 64]); bytes.div_ceil(64)];
+    // SAFETY: `lines` holds at least `elems` values of E (plain old data, alignment ≤ 64).
+    let dst = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut E, elems) };
+    dst.par_chunks_mut(k * PANEL)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for lane in 0..PANEL {
+                let row = p * PANEL + lane;
+                let src = if row < n {
+                    &w[row * k..(row + 1) * k]
+                } else {
+                    &[][..]
+                };
+                for (kk, v) in src.iter().enumerate() {
+                    panel[kk * PANEL + lane] = E::from_f32(*v);
+                }
+                if row >= n {
+                    for kk in 0..k {
+                        panel[kk * PANEL + lane] = E::from_f32(0.0);
+                    }
+                }
+            }
+        });
+    lines
+}
+
+/// Raw output pointer shared by the tasks; each writes a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output and the call waits for all of them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access) so closures capture the Sync wrapper, not the raw pointer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+impl PackedMatrix {
+    /// `w` is row-major `[n, k]` (PyTorch's `nn.Linear.weight` layout).
+    pub fn new(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Self {
+        assert_eq!(
+            w.len(),
+            n * k,
+            "weight has {} values, expected {n}x{k}",
+            w.len()
+        );
+        let panels = match dtype {
+            WeightDtype::F32 => Panels::F32(pack::<f32>(w, n, k)),
+            WeightDtype::F16 => Panels::F16(pack::<f16>(w, n, k)),
+            WeightDtype::BF16 => Panels::BF16(pack::<bf16>(w, n, k)),
+        };
+        Self { n, k, panels }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        match self.panels {
+            Panels::F32(_) => WeightDtype::F32,
+            Panels::F16(_) => WeightDtype::F16,
+            Panels::BF16(_) => WeightDtype::BF16,
+        }
+    }
+
+    /// `out[m, n] = x[m, k] · Wᵀ (+ bias)` with the best instruction set of this CPU.
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        self.matmul_with(super::best_isa(), x, m, bias, out)
+    }
+
+    pub fn matmul_with(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
+        match &self.panels {
+            Panels::F32(l) => self.run::<f32>(isa, l, x, m, out),
+            Panels::F16(l) => self.run::<f16>(isa, l, x, m, out),
+            Panels::BF16(l) => self.run::<bf16>(isa, l, x, m, out),
+        }
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.n, "bias length");
+            for row in out.chunks_exact_mut(self.n) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        }
+    }
+
+    fn run<E: Elem + KernelElem>(
+        &self,
+        isa: Isa,
+        lines: &[Line],
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) {
+        if m == 0 || self.n == 0 {
+            return;
+        }
+        let (n, k) = (self.n, self.k);
+        let panels = n.div_ceil(PANEL);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let task = |p0: usize, p1: usize| {
+            for r0 in (0..m).step_by(ROW_BLOCK) {
+                let rows = ROW_BLOCK.min(m - r0);
+                // SAFETY: rows r0..r0+rows and panels p0..p1 are in bounds of x, w and out;
+                // concurrent tasks own disjoint panel ranges, hence disjoint output columns.
+                unsafe {
+                    E::block(
+                        isa,
+                        x.as_ptr().add(r0 * k),
+                        rows,
+                        lines.as_ptr() as *const E,
+                        k,
+                        p0..p1,
+                        n,
+                        out_ptr.at(r0 * n),
+                    )
+                };
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if threads <= 1 || m * n * k < PARALLEL_MIN_FMAS {
+            task(0, panels);
+            return;
+        }
+        // Chunks of whole 4-panel groups (the widest tile), about two per thread.
+        let groups = panels.div_ceil(4);
+        let per_task = groups.div_ceil(threads * 2).max(1) * 4;
+        (0..panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|t| task(t * per_task, ((t + 1) * per_task).min(panels)));
+    }
+}
+
+/// Dispatch from a weight element type to the tile implementations of each instruction set.
+pub trait KernelElem: Elem {
+    /// # Safety
+    /// `x` has `rows × k` floats, `w` the full panel array, `out` rows of stride `n`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        isa: Isa,
+        x: *const f32,
+        rows: usize,
+        w: *const Self,
+        k: usize,
+        panels: std::ops::Range<usize>,
+        n: usize,
+        out: *mut f32,
+    ) {
+        match isa {
+            Isa::Portable => portable_block(x, rows, w, k, panels, n, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Self::avx2(x, rows, w, k, panels, n, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Self::avx512(x, rows, w, k, panels, n, out),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(
+        x: *const f32,
+        rows: usize,
+        w: *const Self,
+        k: usize,
+        panels: std::ops::Range<usize>,
+        n: usize,
+        out: *mut f32,
+    );
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512(
+        x: *const f32,
+        rows: usize,
+        w: *const Self,
+        k: usize,
+        panels: std::ops::Range<usize>,
+        n: usize,
+        out: *mut f32,
+    );
+}
+
+/// The reference semantics every SIMD path must reproduce bit for bit.
+unsafe fn portable_block<E: Elem>(
+    x: *const f32,
+    rows: usize,
+    w: *const E,
+    k: usize,
+    panels: std::ops::Range<usize>,
+    n: usize,
+    out: *mut f32,
+) {
+    for p in panels {
+        let panel = w.add(p * k * PANEL);
+        for lane in 0..PANEL.min(n - p * PANEL) {
+            for r in 0..rows {
+                let xr = x.add(r * k);
+                let mut acc = 0f32;
+                for kk in 0..k {
+                    acc = (*xr.add(kk)).mul_add((*panel.add(kk * PANEL + lane)).to_f32(), acc);
+                }
+                *out.add(r * n + p * PANEL + lane) = acc;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl KernelElem for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KernelElem for f16 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KernelElem for bf16 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        // Deterministic values in [-1, 1) with varied magnitudes.
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, dtype: WeightDtype) -> Vec<f64> {
+        let round = |v: f32| match dtype {
+            WeightDtype::F32 => v,
+            WeightDtype::F16 => f16::from_f32(v).to_f32(),
+            WeightDtype::BF16 => bf16::from_f32(v).to_f32(),
+        };
+        let mut out = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * round(w[c * k + i]) as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Shapes that exercise partial panels, partial panel groups and partial row tiles.
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 16, 8),
+        (3, 37, 19),
+        (7, 64, 33),
+        (13, 100, 70),
+        (100, 81, 64),
+        (1, 1000, 300),
+    ];
+
+    #[test]
+    fn matches_a_float64_reference_for_every_isa_and_dtype() {
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::BF16] {
+            for &(m, n, k) in &SHAPES {
+                let (x, w) = (values(m * k, 1), values(n * k, 2));
+                let packed = PackedMatrix::new(&w, n, k, dtype);
+                let expect = naive(&x, &w, m, n, k, dtype);
+                for isa in Isa::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    packed.matmul_with(isa, &x, m, None, &mut out);
+                    for (i, (o, e)) in out.iter().zip(&expect).enumerate() {
+                        let tol = 1e-5 * (k as f64).sqrt();
+                        assert!(
+                            (*o as f64 - e).abs() <= tol,
+                            "{isa:?} {dtype:?} {m}x{n}x{k} [{i}]: {o} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_gives_identical_bits() {
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::BF16] {
+            for &(m, n, k) in &SHAPES {
+                let (x, w) = (values(m * k, 3), values(n * k, 4));
+                let packed = PackedMatrix::new(&w, n, k, dtype);
+                let run = |isa| {
+                    let mut out = vec![0f32; m * n];
+                    packed.matmul_with(isa, &x, m, None, &mut out);
+                    out
+                };
+                let portable = run(Isa::Portable);
+                for isa in Isa::available() {
+                    assert_eq!(run(isa), portable, "{isa:?} {dtype:?} {m}x{n}x{k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
+        let (n, k) = (300, 200);
+        let w = values(n * k, 5);
+        let packed = PackedMatrix::new(&w, n, k, WeightDtype::F32);
+        let x = values(150 * k, 6);
+        let mut all = vec![0f32; 150 * n];
+        packed.matmul(&x, 150, None, &mut all);
+        for (row, m) in [(0, 1), (5, 7), (149, 150), (77, 100)] {
+            let start = row + 1 - m.min(row + 1);
+            let mut out = vec![0f32; m * n];
+            packed.matmul(&x[start * k..(start + m) * k], m, None, &mut out);
+            let local = row - start;
+            assert_eq!(
+                &out[local * n..(local + 1) * n],
+                &all[row * n..(row + 1) * n],
+                "row {row} in a batch of {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn bias_is_added_per_column() {
+        let (m, n, k) = (2, 20, 5);
+        let (x, w, b) = (values(m * k, 7), values(n * k, 8), values(n, 9));
+        let packed = PackedMatrix::new(&w, n, k, WeightDtype::F32);
+        let (mut plain, mut biased) = (vec![0f32; m * n], vec![0f32; m * n]);
+        packed.matmul(&x, m, None, &mut plain);
+        packed.matmul(&x, m, Some(&b), &mut biased);
+        for (i, (p, q)) in plain.iter().zip(&biased).enumerate() {
+            assert_eq!(p + b[i % n], *q);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! AVX-512 and AVX2 tiles. A tile keeps `R` rows × `P` panels of accumulators in registers and
+//! walks `k` once: per step it loads `P` weight vectors and broadcasts one input value per row.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use half::{bf16, f16};
+
+use super::packed::{Elem, KernelElem, PANEL};
+
+/// Loading 16 (AVX-512) or 8 (AVX2) consecutive weights as f32 lanes.
+trait Load: Elem {
+    unsafe fn load16(p: *const Self) -> __m512;
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Load for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+impl Load for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Load for bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> __m512 {
+        let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+}
+
+/// `R` rows × `P` panels; `valid` columns of the last panel are stored (the rest is padding).
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512<E: Load, const R: usize, const P: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+    valid: usize,
+) {
+    let stride = k * PANEL;
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for kk in 0..k {
+        let mut wv = [_mm512_setzero_ps(); P];
+        for (p, v) in wv.iter_mut().enumerate() {
+            *v = E::load16(w.add(p * stride + kk * PANEL));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let xb = _mm512_set1_ps(*x.add(r * ldx + kk));
+            for (a, v) in row.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xb, *v, *a);
+            }
+        }
+    }
+    let last_mask: __mmask16 = if valid >= PANEL {
+        0xffff
+    } else {
+        (1u16 << valid) - 1
+    };
+    for (r, row) in acc.iter().enumerate() {
+        for (p, a) in row.iter().enumerate() {
+            let dst = out.add(r * ldo + p * PANEL);
+            if p + 1 == P {
+                _mm512_mask_storeu_ps(dst, last_mask, *a);
+            } else {
+                _mm512_storeu_ps(dst, *a);
+            }
+        }
+    }
+}
+
+/// AVX2: a 16-column panel is two 8-lane halves; `R` rows × 1 panel.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile256<E: Load, const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+    valid: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for kk in 0..k {
+        let lo = E::load8(w.add(kk * PANEL));
+        let hi = E::load8(w.add(kk * PANEL + 8));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let xb = _mm256_set1_ps(*x.add(r * ldx + kk));
+            row[0] = _mm256_fmadd_ps(xb, lo, row[0]);
+            row[1] = _mm256_fmadd_ps(xb, hi, row[1]);
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        let dst = out.add(r * ldo);
+        if valid >= PANEL {
+            _mm256_storeu_ps(dst, row[0]);
+            _mm256_storeu_ps(dst.add(8), row[1]);
+        } else {
+            let mut tmp = [0f32; PANEL];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+        }
+    }
+}
+
+type Tile<E> = unsafe fn(*const f32, usize, *const E, usize, *mut f32, usize, usize);
+
+const MAX_R512: usize = 6;
+const MAX_P512: usize = 4;
+const MAX_R256: usize = 4;
+
+fn tile512_for<E: Load>(r: usize, p: usize) -> Tile<E> {
+    macro_rules! pick {
+        ($($r:literal),*) => {
+            match (r, p) {
+                $(
+                    ($r, 1) => tile512::<E, $r, 1>,
+                    ($r, 2) => tile512::<E, $r, 2>,
+                    ($r, 3) => tile512::<E, $r, 3>,
+                    ($r, 4) => tile512::<E, $r, 4>,
+                )*
+                _ => unreachable!("tile {r}x{p}"),
+            }
+        };
+    }
+    pick!(1, 2, 3, 4, 5, 6)
+}
+
+fn tile256_for<E: Load>(r: usize) -> Tile<E> {
+    match r {
+        1 => tile256::<E, 1>,
+        2 => tile256::<E, 2>,
+        3 => tile256::<E, 3>,
+        4 => tile256::<E, 4>,
+        _ => unreachable!("tile {r}"),
+    }
+}
+
+/// Walks panel groups of `max_p`, and within each the rows in tiles of up to `max_r`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk<E: Load>(
+    x: *const f32,
+    rows: usize,
+    w: *const E,
+    k: usize,
+    panels: Range<usize>,
+    n: usize,
+    out: *mut f32,
+    max_r: usize,
+    max_p: usize,
+    tile: fn(usize, usize) -> Tile<E>,
+) {
+    let mut p = panels.start;
+    while p < panels.end {
+        let np = max_p.min(panels.end - p);
+        let valid = n - (p + np - 1) * PANEL;
+        let mut r = 0;
+        while r < rows {
+            let nr = max_r.min(rows - r);
+            tile(nr, np)(
+                x.add(r * k),
+                k,
+                w.add(p * k * PANEL),
+                k,
+                out.add(r * n + p * PANEL),
+                n,
+                valid,
+            );
+            r += nr;
+        }
+        p += np;
+    }
+}
+
+macro_rules! kernel_elem {
+    ($t:ty) => {
+        impl KernelElem for $t {
+            unsafe fn avx2(
+                x: *const f32,
+                rows: usize,
+                w: *const Self,
+                k: usize,
+                panels: Range<usize>,
+                n: usize,
+                out: *mut f32,
+            ) {
+                walk(x, rows, w, k, panels, n, out, MAX_R256, 1, |r, _| {
+                    tile256_for::<$t>(r)
+                })
+            }
+
+            unsafe fn avx512(
+                x: *const f32,
+                rows: usize,
+                w: *const Self,
+                k: usize,
+                panels: Range<usize>,
+                n: usize,
+                out: *mut f32,
+            ) {
+                walk(
+                    x,
+                    rows,
+                    w,
+                    k,
+                    panels,
+                    n,
+                    out,
+                    MAX_R512,
+                    MAX_P512,
+                    tile512_for::<$t>,
+                )
+            }
+        }
+    };
+}
+
+kernel_elem!(f32);
+kernel_elem!(f16);
+kernel_elem!(bf16);
