@@ -1,10 +1,66 @@
 //! Per-sequence key/value cache that grows in place, so a decode step appends one column instead
-//! of re-allocating the whole history.
+//! of re-allocating the whole history. On the CPU it is plain memory that
+//! [`crate::kernels::attention`] reads and appends to; on other devices, device tensors.
 
 use candle_core::{Result, Tensor};
 
+use crate::kernels::attention::HostKv;
+
 #[derive(Debug, Clone, Default)]
-pub struct KvCache {
+pub enum KvCache {
+    #[default]
+    Empty,
+    Device(DeviceKv),
+    Host(HostKv),
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        match self {
+            KvCache::Empty => 0,
+            KvCache::Device(d) => d.len,
+            KvCache::Host(h) => h.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device history (created on first use).
+    pub fn device(&mut self) -> Result<&mut DeviceKv> {
+        if let KvCache::Empty = self {
+            *self = KvCache::Device(DeviceKv::default());
+        }
+        match self {
+            KvCache::Device(d) => Ok(d),
+            _ => candle_core::bail!("this sequence's cache lives in host memory"),
+        }
+    }
+
+    /// The host history (created on first use).
+    pub fn host(&mut self) -> Result<&mut HostKv> {
+        if let KvCache::Empty = self {
+            *self = KvCache::Host(HostKv::default());
+        }
+        match self {
+            KvCache::Host(h) => Ok(h),
+            _ => candle_core::bail!("this sequence's cache lives on the device"),
+        }
+    }
+
+    /// An independent copy (beam search forks a beam).
+    pub fn deep_copy(&self) -> Result<Self> {
+        Ok(match self {
+            KvCache::Empty => KvCache::Empty,
+            KvCache::Device(d) => KvCache::Device(d.deep_copy()?),
+            KvCache::Host(h) => KvCache::Host(h.clone()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeviceKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
     len: usize,
@@ -13,15 +69,7 @@ pub struct KvCache {
 /// Smallest capacity allocated, in positions.
 const MIN_CAPACITY: usize = 32;
 
-impl KvCache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
+impl DeviceKv {
     fn capacity(&self) -> usize {
         self.k.as_ref().map_or(0, |k| k.dims()[1])
     }
@@ -55,8 +103,7 @@ impl KvCache {
         Ok(())
     }
 
-    /// An independent copy (beam search forks a beam).
-    pub fn deep_copy(&self) -> Result<Self> {
+    fn deep_copy(&self) -> Result<Self> {
         let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy()).transpose();
         Ok(Self {
             k: copy(&self.k)?,
@@ -74,14 +121,14 @@ mod tests {
     #[test]
     fn appends_across_growth() -> Result<()> {
         let dev = Device::Cpu;
-        let mut cache = KvCache::default();
+        let mut cache = DeviceKv::default();
         let mut all = Vec::new();
         for step in 0..40 {
             let n = if step == 0 { 5 } else { 1 };
             let k = Tensor::full(step as f32, (2, n, 3), &dev)?;
             all.push(k.clone());
             let (ks, _) = cache.append(&k, &k)?;
-            assert_eq!(ks.dims(), &[2, cache.len(), 3]);
+            assert_eq!(ks.dims(), &[2, cache.len, 3]);
         }
         let (ks, _) = cache.append(
             &Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev)?,

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
+use crate::kernels::attention::{causal_attention, AttnShape, RopeTables, SeqAttn};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, Quantization};
 use crate::nn::{attention, merge_heads, split_heads};
@@ -23,6 +24,8 @@ pub struct AttnRows<'a> {
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables in host memory for the CPU attention kernel.
+    host: Option<RopeTables>,
 }
 
 impl Rotary {
@@ -41,9 +44,19 @@ impl Rotary {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let freqs = t.matmul(&inv_freq)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let host = match device {
+            Device::Cpu => Some(RopeTables {
+                cos: cos.flatten_all()?.to_vec1()?,
+                sin: sin.flatten_all()?.to_vec1()?,
+                half: dim / 2,
+            }),
+            _ => None,
+        };
         Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            host,
         })
     }
 
@@ -107,6 +120,11 @@ impl SelfAttention {
         let k = x.apply(&self.k_proj)?;
         let v = x.apply(&self.v_proj)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if let (Some(tables), DType::F32) = (&rotary.host, q.dtype()) {
+            return self
+                .host_attention(&q, &k, &v, rows, tables, scale as f32)?
+                .apply(&self.o_proj);
+        }
         let mut outs = Vec::with_capacity(rows.len());
         for r in rows.iter_mut() {
             let heads =
@@ -114,13 +132,54 @@ impl SelfAttention {
             let qs = rotary.apply(&heads(&q, self.heads)?, r.position)?;
             let ks = rotary.apply(&heads(&k, self.kv_heads)?, r.position)?;
             let vs = heads(&v, self.kv_heads)?;
-            let (ks, vs) = r.cache.append(&ks.squeeze(0)?, &vs.squeeze(0)?)?;
+            let (ks, vs) = r.cache.device()?.append(&ks.squeeze(0)?, &vs.squeeze(0)?)?;
             let (ks, vs) = (self.repeat_kv(ks)?, self.repeat_kv(vs)?);
             let mask = causal_mask(r.len, r.cache.len(), x.device())?;
             let out = attention(&qs.squeeze(0)?, &ks, &vs, scale, mask.as_ref())?;
             outs.push(merge_heads(&out)?);
         }
         Tensor::cat(&outs, 0)?.apply(&self.o_proj)
+    }
+
+    /// The CPU path: one kernel call for every sequence and head of the batch.
+    fn host_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rows: &mut [AttnRows],
+        tables: &RopeTables,
+        scale: f32,
+    ) -> Result<Tensor> {
+        for r in rows.iter() {
+            if r.position + r.len > tables.cos.len() / tables.half {
+                candle_core::bail!(
+                    "position {} exceeds the model's {} positions",
+                    r.position + r.len,
+                    tables.cos.len() / tables.half
+                );
+            }
+        }
+        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
+        let mut seqs = rows
+            .iter_mut()
+            .map(|r| {
+                Ok(SeqAttn {
+                    start: r.start,
+                    len: r.len,
+                    cache: r.cache.host()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shape = AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        };
+        let mut out = vec![0f32; qv.len()];
+        causal_attention(&qv, &kv, &vv, &mut seqs, shape, tables, scale, &mut out);
+        Tensor::from_vec(out, q.dims(), q.device())
     }
 
     fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {

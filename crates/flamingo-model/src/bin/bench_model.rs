@@ -146,6 +146,60 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
     Ok(())
 }
 
+/// The CPU attention kernel alone: decode steps of `batch` sequences with 80 cached positions.
+fn attention_mode() -> BoxResult<()> {
+    use flamingo_model::kernels::attention::{
+        causal_attention, AttnShape, HostKv, RopeTables, SeqAttn,
+    };
+    let shape = AttnShape {
+        heads: 8,
+        kv_heads: 8,
+        head_dim: 64,
+    };
+    let width = 512;
+    let rope = RopeTables {
+        cos: vec![0.5; 4096 * 32],
+        sin: vec![0.5; 4096 * 32],
+        half: 32,
+    };
+    for batch in [1usize, 4, 16] {
+        let mut caches = vec![HostKv::default(); batch];
+        let prefill = vec![0.01f32; 80 * width];
+        for c in caches.iter_mut() {
+            let mut seqs = [SeqAttn {
+                start: 0,
+                len: 80,
+                cache: c,
+            }];
+            let mut out = vec![0f32; 80 * width];
+            causal_attention(
+                &prefill, &prefill, &prefill, &mut seqs, shape, &rope, 0.125, &mut out,
+            );
+        }
+        let x = vec![0.01f32; batch * width];
+        let mut out = vec![0f32; batch * width];
+        let reps = 200;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let mut seqs: Vec<SeqAttn> = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| SeqAttn {
+                    start: i,
+                    len: 1,
+                    cache: c,
+                })
+                .collect();
+            causal_attention(&x, &x, &x, &mut seqs, shape, &rope, 0.125, &mut out);
+        }
+        println!(
+            "attention batch {batch}: {:.1} us/call",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
+    }
+    Ok(())
+}
+
 /// One projection at a time: candle's gemm against the packed kernel in each weight dtype.
 fn linear_mode() -> BoxResult<()> {
     use flamingo_model::kernels::{PackedMatrix, WeightDtype};
@@ -206,6 +260,9 @@ fn linear_mode() -> BoxResult<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("attention") {
+        return attention_mode();
+    }
     if args.first().map(String::as_str) == Some("linear") {
         return linear_mode();
     }

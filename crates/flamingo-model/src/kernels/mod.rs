@@ -8,6 +8,7 @@
 //! in, on the thread count or on the instruction set (AVX-512, AVX2 and the portable path agree
 //! bit for bit). That keeps a sequence's tokens the same alone or in any batch.
 
+pub mod attention;
 mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -61,4 +62,32 @@ impl Isa {
 pub fn best_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(Isa::detect)
+}
+
+/// Output buffer shared by parallel tasks that each write a disjoint part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+
+// SAFETY: users write disjoint ranges and wait for every task before touching the buffer.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Self(out.as_mut_ptr())
+    }
+
+    /// A method (not field access) so closures capture the Sync wrapper, not the raw pointer.
+    ///
+    /// # Safety
+    /// `offset..offset + len` lies in the buffer and no other task writes it concurrently.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+
+    /// # Safety
+    /// As [`SharedOut::at`].
+    pub(crate) unsafe fn write(self, offset: usize, values: &[f32]) {
+        std::ptr::copy_nonoverlapping(values.as_ptr(), self.at(offset), values.len());
+    }
 }

@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::Isa;
+use super::{Isa, SharedOut};
 
 pub const PANEL: usize = 16;
 /// Rows of `x` processed against one panel group before moving on: `ROW_BLOCK × k` floats stay
@@ -120,20 +120,6 @@ fn pack<E: Elem>(w: &[f32], n: usize, k: usize) -> Vec<Line> {
     lines
 }
 
-/// Raw output pointer shared by the tasks; each writes a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output and the call waits for all of them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method (not field access) so closures capture the Sync wrapper, not the raw pointer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
-}
-
 impl PackedMatrix {
     /// `w` is row-major `[n, k]` (PyTorch's `nn.Linear.weight` layout).
     pub fn new(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Self {
@@ -208,7 +194,7 @@ impl PackedMatrix {
         }
         let (n, k) = (self.n, self.k);
         let panels = n.div_ceil(PANEL);
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(out);
         let task = |p0: usize, p1: usize| {
             for r0 in (0..m).step_by(ROW_BLOCK) {
                 let rows = ROW_BLOCK.min(m - r0);
