@@ -40,8 +40,8 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         .reshape(shape)
 }
 
-/// Scaled dot-product attention with an optional additive f32 mask broadcast over heads; the
-/// mask and softmax are applied in f32 whatever the activation dtype.
+/// Scaled dot-product attention with an optional additive f32 mask `[Tq, Tk]` broadcast over
+/// heads; the mask and softmax are applied in f32 whatever the activation dtype.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -49,6 +49,9 @@ pub fn attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if [q, k, v].iter().all(|t| is_host_f32(t)) && mask.is_none_or(|m| m.rank() == 2) {
+        return host_attention(q, k, v, scale as f32, mask);
+    }
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
     let scores = match mask {
@@ -58,6 +61,119 @@ pub fn attention(
     candle_nn::ops::softmax_last_dim(&scores)?
         .to_dtype(dtype)?
         .matmul(v)
+}
+
+fn is_host_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The CPU path: per (batch, head), `softmax(q·kᵀ·scale + mask)·v` with both products run by the
+/// packed matmul (k and vᵀ packed on the fly; they are small next to the work done with them).
+fn host_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    use crate::kernels::{elementwise::softmax_rows, PackedMatrix, WeightDtype};
+    use rayon::prelude::*;
+    let dims = q.dims().to_vec();
+    let rank = dims.len();
+    let (tq, d) = (dims[rank - 2], dims[rank - 1]);
+    let tk = k.dim(rank - 2)?;
+    let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
+    let mask = mask.map(host).transpose()?;
+    let heads = qv.len() / (tq * d);
+    if kv.len() != heads * tk * d
+        || vv.len() != kv.len()
+        || mask.as_ref().is_some_and(|m| m.len() != tq * tk)
+    {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not line up",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let mut out = vec![0f32; qv.len()];
+    out.par_chunks_mut(tq * d).enumerate().for_each(|(b, out)| {
+        let keys = PackedMatrix::new(&kv[b * tk * d..(b + 1) * tk * d], tk, d, WeightDtype::F32);
+        let mut scores = vec![0f32; tq * tk];
+        keys.matmul(&qv[b * tq * d..(b + 1) * tq * d], tq, None, &mut scores);
+        let softmax_scale = match &mask {
+            Some(m) => {
+                scores
+                    .iter_mut()
+                    .zip(m)
+                    .for_each(|(s, m)| *s = *s * scale + m);
+                1.0
+            }
+            None => scale,
+        };
+        softmax_rows(&mut scores, tk, softmax_scale);
+        let values = &vv[b * tk * d..(b + 1) * tk * d];
+        let mut vt = vec![0f32; d * tk];
+        for (j, row) in values.chunks_exact(d).enumerate() {
+            for (c, x) in row.iter().enumerate() {
+                vt[c * tk + j] = *x;
+            }
+        }
+        PackedMatrix::new(&vt, d, tk, WeightDtype::F32).matmul(&scores, tq, None, out);
+    });
+    Tensor::from_vec(out, dims, q.device())
+}
+
+/// Applies an in-place f32 kernel to a copy of a CPU tensor.
+struct HostMap {
+    name: &'static str,
+    f: fn(&mut [f32]),
+}
+
+impl candle_core::CustomOp1 for HostMap {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(values), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: expected a contiguous f32 tensor", self.name);
+        };
+        let mut out = values[start..end].to_vec();
+        (self.f)(&mut out);
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// OpenAI CLIP's activation: x * sigmoid(1.702 x).
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if is_host_f32(x) {
+        let op = HostMap {
+            name: "quick_gelu",
+            f: crate::kernels::elementwise::quick_gelu,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// `nn.GELU()` (exact erf form).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if is_host_f32(x) {
+        let op = HostMap {
+            name: "gelu_erf",
+            f: crate::kernels::elementwise::gelu_erf,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    x.gelu_erf()
 }
 
 /// Feed-forward `LayerNorm -> Linear -> GELU(erf) -> Linear` (Sequential indices 0, 1, 3), used by
@@ -85,9 +201,6 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.norm)?
-            .apply(&self.up)?
-            .gelu_erf()?
-            .apply(&self.down)
+        gelu_erf(&x.apply(&self.norm)?.apply(&self.up)?)?.apply(&self.down)
     }
 }

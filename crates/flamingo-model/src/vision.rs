@@ -7,7 +7,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use crate::config::VisionConfig;
 use crate::linear::Linear;
 
-use crate::nn::{attention, layer_norm, merge_heads, split_heads};
+use crate::nn::{attention, layer_norm, merge_heads, quick_gelu, split_heads};
 
 struct ResidualBlock {
     ln_1: LayerNorm,
@@ -104,9 +104,4 @@ impl VisionTransformer {
         }
         x.narrow(1, 1, g * g)
     }
-}
-
-/// OpenAI CLIP's activation: x * sigmoid(1.702 x).
-fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
 }

@@ -9,6 +9,7 @@
 //! bit for bit). That keeps a sequence's tokens the same alone or in any batch.
 
 pub mod attention;
+pub mod elementwise;
 mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -6,6 +6,17 @@ use rayon::prelude::*;
 use super::{Isa, SharedOut};
 
 pub const PANEL: usize = 16;
+/// Panels interleaved per k step: a tile reading four panels reads one 256-byte run per step
+/// (one prefetch stream, no cache-set aliasing between panels `k · 64` bytes apart).
+pub const GROUP: usize = 4;
+
+/// Where panel `p` starts and how many elements separate its successive k rows.
+#[inline]
+pub fn panel_layout(p: usize, k: usize, panels: usize) -> (usize, usize) {
+    let group = p / GROUP;
+    let width = GROUP.min(panels - group * GROUP) * PANEL;
+    (group * GROUP * PANEL * k + (p % GROUP) * PANEL, width)
+}
 /// Rows of `x` processed against one panel group before moving on: `ROW_BLOCK × k` floats stay
 /// in L2 while the thread's panels stream past them.
 const ROW_BLOCK: usize = 96;
@@ -97,22 +108,17 @@ fn pack<E: Elem>(w: &[f32], n: usize, k: usize) -> Vec<Line> {
     let mut lines = vec![Line([0; 64]); bytes.div_ceil(64)];
     // SAFETY: `lines` holds at least `elems` values of E (plain old data, alignment ≤ 64).
     let dst = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut E, elems) };
-    dst.par_chunks_mut(k * PANEL)
+    dst.par_chunks_mut(GROUP * PANEL * k)
         .enumerate()
-        .for_each(|(p, panel)| {
-            for lane in 0..PANEL {
-                let row = p * PANEL + lane;
-                let src = if row < n {
-                    &w[row * k..(row + 1) * k]
-                } else {
-                    &[][..]
-                };
-                for (kk, v) in src.iter().enumerate() {
-                    panel[kk * PANEL + lane] = E::from_f32(*v);
-                }
-                if row >= n {
+        .for_each(|(g, group)| {
+            for p in g * GROUP..(g * GROUP + GROUP).min(panels) {
+                let (offset, stride) = panel_layout(p, k, panels);
+                let offset = offset - g * GROUP * PANEL * k;
+                for lane in 0..PANEL {
+                    let row = p * PANEL + lane;
                     for kk in 0..k {
-                        panel[kk * PANEL + lane] = E::from_f32(0.0);
+                        let v = if row < n { w[row * k + kk] } else { 0.0 };
+                        group[offset + kk * stride + lane] = E::from_f32(v);
                     }
                 }
             }
@@ -195,37 +201,59 @@ impl PackedMatrix {
         let (n, k) = (self.n, self.k);
         let panels = n.div_ceil(PANEL);
         let out_ptr = SharedOut::new(out);
-        let task = |p0: usize, p1: usize| {
-            for r0 in (0..m).step_by(ROW_BLOCK) {
-                let rows = ROW_BLOCK.min(m - r0);
-                // SAFETY: rows r0..r0+rows and panels p0..p1 are in bounds of x, w and out;
-                // concurrent tasks own disjoint panel ranges, hence disjoint output columns.
+        // One task: rows r0..r1 (in L2-sized blocks) against panels p0..p1.
+        let task = |(r0, r1): (usize, usize), (p0, p1): (usize, usize)| {
+            for b0 in (r0..r1).step_by(ROW_BLOCK) {
+                let rows = ROW_BLOCK.min(r1 - b0);
+                // SAFETY: rows b0..b0+rows and panels p0..p1 are in bounds of x, w and out;
+                // concurrent tasks own disjoint (row range, panel range) blocks of the output.
                 unsafe {
                     E::block(
                         isa,
-                        x.as_ptr().add(r0 * k),
+                        x.as_ptr().add(b0 * k),
                         rows,
                         lines.as_ptr() as *const E,
                         k,
                         p0..p1,
                         n,
-                        out_ptr.at(r0 * n),
+                        out_ptr.at(b0 * n),
                     )
                 };
             }
         };
         let threads = rayon::current_num_threads();
         if threads <= 1 || m * n * k < PARALLEL_MIN_FMAS {
-            task(0, panels);
+            task((0, m), (0, panels));
             return;
         }
-        // Chunks of whole 4-panel groups (the widest tile), about two per thread.
-        let groups = panels.div_ceil(4);
-        let per_task = groups.div_ceil(threads * 2).max(1) * 4;
-        (0..panels.div_ceil(per_task))
+        let (row_splits, col_splits) = split_work(m, panels, threads);
+        let rows_per = m.div_ceil(row_splits);
+        let groups_per = panels.div_ceil(4).div_ceil(col_splits);
+        let tasks: Vec<((usize, usize), (usize, usize))> = (0..row_splits)
+            .flat_map(|i| (0..col_splits).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let rows = (i * rows_per, ((i + 1) * rows_per).min(m));
+                let cols = (j * groups_per * 4, ((j + 1) * groups_per * 4).min(panels));
+                (rows, cols)
+            })
+            .filter(|((r0, r1), (p0, p1))| r0 < r1 && p0 < p1)
+            .collect();
+        tasks
             .into_par_iter()
-            .for_each(|t| task(t * per_task, ((t + 1) * per_task).min(panels)));
+            .for_each(|(rows, cols)| task(rows, cols));
     }
+}
+
+/// How many row ranges × panel-group ranges to cut a call into: about four tasks per thread
+/// (so uneven ones even out), splitting rows only in whole row blocks and preferring column
+/// splits, which keep every weight read once.
+fn split_work(m: usize, panels: usize, threads: usize) -> (usize, usize) {
+    let target = threads * 4;
+    let groups = panels.div_ceil(4);
+    let col_splits = groups.min(target).max(1);
+    let row_blocks = m.div_ceil(ROW_BLOCK);
+    let row_splits = target.div_ceil(col_splits).min(row_blocks).max(1);
+    (row_splits, col_splits)
 }
 
 /// Dispatch from a weight element type to the tile implementations of each instruction set.
@@ -285,14 +313,16 @@ unsafe fn portable_block<E: Elem>(
     n: usize,
     out: *mut f32,
 ) {
+    let total = n.div_ceil(PANEL);
     for p in panels {
-        let panel = w.add(p * k * PANEL);
+        let (offset, stride) = panel_layout(p, k, total);
+        let panel = w.add(offset);
         for lane in 0..PANEL.min(n - p * PANEL) {
             for r in 0..rows {
                 let xr = x.add(r * k);
                 let mut acc = 0f32;
                 for kk in 0..k {
-                    acc = (*xr.add(kk)).mul_add((*panel.add(kk * PANEL + lane)).to_f32(), acc);
+                    acc = (*xr.add(kk)).mul_add((*panel.add(kk * stride + lane)).to_f32(), acc);
                 }
                 *out.add(r * n + p * PANEL + lane) = acc;
             }

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::packed::{Elem, KernelElem, PANEL};
+use super::packed::{panel_layout, Elem, KernelElem, PANEL};
 
 /// Loading 16 (AVX-512) or 8 (AVX2) consecutive weights as f32 lanes.
 trait Load: Elem {
@@ -50,22 +50,23 @@ impl Load for bf16 {
 }
 
 /// `R` rows × `P` panels; `valid` columns of the last panel are stored (the rest is padding).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512<E: Load, const R: usize, const P: usize>(
     x: *const f32,
     ldx: usize,
     w: *const E,
+    wstride: usize,
     k: usize,
     out: *mut f32,
     ldo: usize,
     valid: usize,
 ) {
-    let stride = k * PANEL;
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for kk in 0..k {
         let mut wv = [_mm512_setzero_ps(); P];
         for (p, v) in wv.iter_mut().enumerate() {
-            *v = E::load16(w.add(p * stride + kk * PANEL));
+            *v = E::load16(w.add(kk * wstride + p * PANEL));
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let xb = _mm512_set1_ps(*x.add(r * ldx + kk));
@@ -92,11 +93,13 @@ unsafe fn tile512<E: Load, const R: usize, const P: usize>(
 }
 
 /// AVX2: a 16-column panel is two 8-lane halves; `R` rows × 1 panel.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile256<E: Load, const R: usize>(
     x: *const f32,
     ldx: usize,
     w: *const E,
+    wstride: usize,
     k: usize,
     out: *mut f32,
     ldo: usize,
@@ -104,8 +107,8 @@ unsafe fn tile256<E: Load, const R: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for kk in 0..k {
-        let lo = E::load8(w.add(kk * PANEL));
-        let hi = E::load8(w.add(kk * PANEL + 8));
+        let lo = E::load8(w.add(kk * wstride));
+        let hi = E::load8(w.add(kk * wstride + 8));
         for (r, row) in acc.iter_mut().enumerate() {
             let xb = _mm256_set1_ps(*x.add(r * ldx + kk));
             row[0] = _mm256_fmadd_ps(xb, lo, row[0]);
@@ -126,7 +129,7 @@ unsafe fn tile256<E: Load, const R: usize>(
     }
 }
 
-type Tile<E> = unsafe fn(*const f32, usize, *const E, usize, *mut f32, usize, usize);
+type Tile<E> = unsafe fn(*const f32, usize, *const E, usize, usize, *mut f32, usize, usize);
 
 const MAX_R512: usize = 6;
 const MAX_P512: usize = 4;
@@ -173,9 +176,11 @@ unsafe fn walk<E: Load>(
     max_p: usize,
     tile: fn(usize, usize) -> Tile<E>,
 ) {
+    let total = n.div_ceil(PANEL);
     let mut p = panels.start;
     while p < panels.end {
         let np = max_p.min(panels.end - p);
+        let (offset, wstride) = panel_layout(p, k, total);
         let valid = n - (p + np - 1) * PANEL;
         let mut r = 0;
         while r < rows {
@@ -183,7 +188,8 @@ unsafe fn walk<E: Load>(
             tile(nr, np)(
                 x.add(r * k),
                 k,
-                w.add(p * k * PANEL),
+                w.add(offset),
+                wstride,
                 k,
                 out.add(r * n + p * PANEL),
                 n,
