@@ -15,6 +15,7 @@ use crate::config::{
 use crate::error::{LoadError, ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttnRows, DecoderLayer, Rotary};
+use crate::nn::{activation_dtype, activation_vb, rms_norm};
 use crate::paths::{ModelPaths, VisionWeights};
 use crate::perceiver::PerceiverResampler;
 use crate::vision::VisionTransformer;
@@ -236,18 +237,19 @@ impl Flamingo {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         // The three added tokens have no trained lm_head rows (spec §5); zeros, as the fixtures.
+        let act_dtype = activation_dtype(opts.dtype, &opts.device);
         let head = llama_vb.get((l.vocab_size, h), "lm_head.weight")?;
         let extra = Tensor::zeros((vocab - l.vocab_size, h), head.dtype(), head.device())?;
         Ok(Self {
             vision: VisionTransformer::new(&cfg.vision, vision_vb)?,
             perceiver: PerceiverResampler::new(vis_dim, &cfg.resampler, ckpt_vb.pp("perceiver"))?,
-            embed_tokens: Embedding::new(ckpt_vb.get((vocab, h), EMBED_KEY)?, h),
+            embed_tokens: Embedding::new(activation_vb(&ckpt_vb).get((vocab, h), EMBED_KEY)?, h),
             layers,
-            norm: candle_nn::rms_norm(h, l.rms_norm_eps, llama_vb.pp("model.norm"))?,
+            norm: rms_norm(h, l.rms_norm_eps, llama_vb.pp("model.norm"))?,
             lm_head: Linear::from_weights(Tensor::cat(&[&head, &extra], 0)?, None, quant)?,
-            rotary: Rotary::new(l, l.max_position_embeddings, opts.dtype, &opts.device)?,
+            rotary: Rotary::new(l, l.max_position_embeddings, act_dtype, &opts.device)?,
             cfg: cfg.clone(),
-            dtype: opts.dtype,
+            dtype: act_dtype,
             device: opts.device.clone(),
         })
     }

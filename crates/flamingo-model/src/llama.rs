@@ -9,7 +9,7 @@ use crate::config::LlamaConfig;
 use crate::kernels::attention::{causal_attention, AttnShape, RopeTables, SeqAttn};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, Quantization};
-use crate::nn::{attention, merge_heads, split_heads};
+use crate::nn::{attention, merge_heads, rms_norm, split_heads};
 
 /// Where a sequence's tokens sit in the packed batch and in its own history.
 pub struct AttnRows<'a> {
@@ -240,9 +240,9 @@ impl DecoderLayer {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let mlp = vb.pp("mlp");
         Ok(Self {
-            input_layernorm: candle_nn::rms_norm(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: rms_norm(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), quant)?,
-            post_attention_layernorm: candle_nn::rms_norm(
+            post_attention_layernorm: rms_norm(
                 h,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),

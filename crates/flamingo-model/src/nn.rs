@@ -5,6 +5,23 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::linear::Linear;
 
+/// The activation dtype: f32 on the CPU whatever the weights are stored in (the packed matmul
+/// reads f16/bf16 weights and computes in f32, and every other CPU op is fastest in f32); the
+/// load dtype elsewhere.
+pub fn activation_dtype(weights: DType, device: &candle_core::Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        weights
+    }
+}
+
+/// `vb` for parameters that take part in activation arithmetic (norms, embeddings, gates).
+pub fn activation_vb<'a>(vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+    vb.clone()
+        .set_dtype(activation_dtype(vb.dtype(), vb.device()))
+}
+
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(
         dim,
@@ -12,8 +29,12 @@ pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
             eps,
             ..Default::default()
         },
-        vb,
+        activation_vb(&vb),
     )
+}
+
+pub fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<candle_nn::RmsNorm> {
+    candle_nn::rms_norm(dim, eps, activation_vb(&vb))
 }
 
 /// `[.., tokens, heads * head_dim]` -> `[.., heads, tokens, head_dim]`, contiguous.

@@ -8,7 +8,7 @@ use crate::linear::Linear;
 
 use crate::config::ResamplerConfig;
 
-use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
+use crate::nn::{activation_vb, attention, layer_norm, merge_heads, split_heads, FeedForward};
 
 struct PerceiverAttention {
     norm_media: LayerNorm,
@@ -67,7 +67,7 @@ impl PerceiverResampler {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            latents: vb.get((cfg.num_latents, dim), "latents")?,
+            latents: activation_vb(&vb).get((cfg.num_latents, dim), "latents")?,
             layers,
             norm: layer_norm(dim, 1e-5, vb.pp("norm"))?,
         })

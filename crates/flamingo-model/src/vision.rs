@@ -7,7 +7,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use crate::config::VisionConfig;
 use crate::linear::Linear;
 
-use crate::nn::{attention, layer_norm, merge_heads, quick_gelu, split_heads};
+use crate::nn::{activation_vb, attention, layer_norm, merge_heads, quick_gelu, split_heads};
 
 struct ResidualBlock {
     ln_1: LayerNorm,
@@ -74,8 +74,9 @@ impl VisionTransformer {
         Ok(Self {
             // A stride-p, kernel-p convolution is a matmul over flattened (c, ky, kx) patches.
             patch_embed: Linear::from_weights(conv.reshape((w, 3 * p * p))?, None, None)?,
-            class_embedding: vb.get(w, "class_embedding")?,
-            positional_embedding: vb.get((cfg.num_patches() + 1, w), "positional_embedding")?,
+            class_embedding: activation_vb(&vb).get(w, "class_embedding")?,
+            positional_embedding: activation_vb(&vb)
+                .get((cfg.num_patches() + 1, w), "positional_embedding")?,
             ln_pre: layer_norm(w, cfg.layer_norm_eps, vb.pp("ln_pre"))?,
             blocks,
             cfg: cfg.clone(),

@@ -8,7 +8,7 @@ use crate::linear::Linear;
 
 use crate::config::XattnConfig;
 
-use crate::nn::{attention, layer_norm, merge_heads, split_heads, FeedForward};
+use crate::nn::{activation_vb, attention, layer_norm, merge_heads, split_heads, FeedForward};
 
 /// Keys and values of one sequence's images for one block: [heads, images * latents, dim_head].
 #[derive(Debug, Clone)]
@@ -56,9 +56,9 @@ impl GatedCrossAttention {
             to_q: Linear::load(dim, inner, false, attn.pp("to_q"))?,
             to_kv: Linear::load(dim_visual, 2 * inner, false, attn.pp("to_kv"))?,
             to_out: Linear::load(inner, dim, false, attn.pp("to_out"))?,
-            attn_gate: vb.get(1, "attn_gate")?.tanh()?,
+            attn_gate: activation_vb(&vb).get(1, "attn_gate")?.tanh()?,
             ff: FeedForward::new(dim, cfg.ff_mult, vb.pp("ff"), quant)?,
-            ff_gate: vb.get(1, "ff_gate")?.tanh()?,
+            ff_gate: activation_vb(&vb).get(1, "ff_gate")?.tanh()?,
             heads: cfg.heads,
             dim_head: cfg.dim_head,
             num_latents,

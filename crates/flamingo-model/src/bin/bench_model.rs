@@ -359,7 +359,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
     device.synchronize()?;
     let (mut vit, mut resampler) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
         let tokens = model.vision_tokens(&px)?;
         vit.push(t.elapsed().as_secs_f64());
