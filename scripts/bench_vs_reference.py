@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Side by side (not a test, not in CI): the PyTorch reference (open_flamingo 0.0.2 `generate`, run by
+scripts/bench_reference.py in its own venv) and our server on the same model folder, same prompts
+(1-image caption, 2-shot with 3 images), 20 greedy tokens, f32, same thread count.
+
+Reports the per-request latency ratio ours/reference (median of --repeats, sequential requests,
+each image sent fresh so our image cache cannot help), checks both produce the same token ids, and
+compares throughput of --concurrency simultaneous caption requests through the server against the
+reference's best batched `generate` (one batch of the same size). Our concurrent requests carry
+distinct images (one pixel differs), so every image is encoded, as in the reference; the same run
+with one shared image (cache hits) is printed separately.
+
+  python3 scripts/bench_vs_reference.py --model-dir /work/medium/medium-openflamingo \\
+      --ref-python /work/venvs/ref/bin/python [--threads 2] [--repeats 5] [--concurrency 16]
+Stdlib only; loopback only; stops by itself.
+"""
+import argparse, base64, http.client, json, os, signal, socket, statistics, struct, subprocess, threading, time, zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTION = "<image>Output:"
+TWO_SHOT = ("<image>Output:A red and green gradient.<|endofchunk|><image>Output:A checker board.<|endofchunk|>"
+            "<image>Output:")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def png(width, height, pixel):
+    """Minimal RGB PNG encoder; pixel(x, y) -> (r, g, b)."""
+    raw = b"".join(b"\0" + bytes(c for x in range(width) for c in pixel(x, y)) for y in range(height))
+    chunk = lambda tag, data: struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def post(port, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t = time.perf_counter()
+    c.request("POST", "/generate", body=json.dumps(body), headers={"content-type": "application/json"})
+    r = c.getresponse(); data = r.read(); dt = time.perf_counter() - t
+    c.close()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {data[:300]}")
+    return dt, [t["id"] for t in json.loads(data)["details"]["tokens"]]
+
+
+def body(prompt, images, tokens):
+    return {"inputs": prompt, "images": [base64.b64encode(i).decode() for i in images],
+            "parameters": {"max_new_tokens": tokens, "do_sample": False, "details": True}}
+
+
+def fresh(image, salt):
+    """The same PNG with a tEXt chunk that changes its bytes (and so its cache key), not its pixels."""
+    text = b"tEXt" + b"salt\0" + str(salt).encode()
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
+    return image[:33] + chunk + image[33:]
+
+
+def concurrent(port, bodies):
+    results, lock = [], threading.Lock()
+    def one(b):
+        dt, toks = post(port, b)
+        with lock: results.append(len(toks))
+    threads = [threading.Thread(target=one, args=(b,)) for b in bodies]
+    t = time.perf_counter()
+    for th in threads: th.start()
+    for th in threads: th.join()
+    dt = time.perf_counter() - t
+    return sum(results), dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--ref-python", default=os.environ.get("REF_PYTHON", "/work/venvs/ref/bin/python"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--skip-reference", action="store_true", help="reuse --reference-json instead")
+    ap.add_argument("--reference-json")
+    a = ap.parse_args()
+    tokens = 20
+
+    if a.skip_reference:
+        ref = json.load(open(a.reference_json))
+    else:
+        out = subprocess.run([a.ref_python, os.path.join(ROOT, "scripts/bench_reference.py"), "--model-dir", a.model_dir,
+                              "--threads", str(a.threads), "--repeats", str(a.repeats), "--batch", str(a.concurrency)],
+                             capture_output=True, text=True, check=True).stdout
+        print("\n".join(l for l in out.splitlines() if l.startswith("reference")))
+        ref = json.loads(out.strip().splitlines()[-1])
+        if a.reference_json:
+            json.dump(ref, open(a.reference_json, "w"))
+
+    port = free_port()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), FLAMINGO_LIMITS_MAX_QUEUE="1024")
+    proc = subprocess.Popen([os.path.join(ROOT, "target/release/flamingo-server"), "--host", "127.0.0.1", "--port", str(port),
+                             "--model-dir", a.model_dir, "--dtype", a.dtype], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/ready")
+                if c.getresponse().status == 200: break
+            except OSError: pass
+            time.sleep(0.2)
+        img = lambda n: open(os.path.join(a.model_dir, "images", n + ".png"), "rb").read()
+        cases = {"caption_1img": (CAPTION, [img("gradient")]),
+                 "two_shot_3img": (TWO_SHOT, [img("gradient"), img("checker"), img("stripes")])}
+        salt = 0
+        rows = []
+        for name, (prompt, images) in cases.items():
+            salt += 1
+            post(port, body(prompt, [fresh(i, salt) for i in images], tokens))  # warm-up
+            times, toks = [], None
+            for _ in range(a.repeats):
+                salt += 1
+                dt, toks = post(port, body(prompt, [fresh(i, salt) for i in images], tokens))
+                times.append(dt)
+            ours, theirs = statistics.median(times), ref[name]["median_s"]
+            same = toks == ref[name]["tokens"]
+            rows.append((name, theirs, ours, same))
+            print(f"ours {name}: median {ours * 1e3:.0f} ms over {a.repeats}, tokens {'==' if same else '!='} reference")
+
+        grad = img("gradient")
+        distinct = [body(CAPTION, [fresh(grad, 1000 + i)], tokens) for i in range(a.concurrency)]
+        n, dt = concurrent(port, distinct)
+        tput = n / dt
+        shared = body(CAPTION, [grad], tokens)
+        post(port, shared)  # the shared image's features now sit in the cache
+        n2, dt2 = concurrent(port, [shared] * a.concurrency)
+        tput_cached = n2 / dt2
+        ref_tput = ref["batched"]["tokens_per_s"]
+        print()
+        print(f"{'case':<34} {'reference':>10} {'ours':>10} {'ours/ref':>9}")
+        for name, theirs, ours, same in rows:
+            print(f"{name + ' latency (ms)':<34} {theirs * 1e3:>10.0f} {ours * 1e3:>10.0f} {ours / theirs:>9.2f}"
+                  f"{'' if same else '  (tokens differ!)'}")
+        print(f"{f'{a.concurrency} concurrent, tokens/s':<34} {ref_tput:>10.1f} {tput:>10.1f} {tput / ref_tput:>9.2f}")
+        print(f"{f'{a.concurrency} concurrent, one image (cache)':<34} {ref_tput:>10.1f} {tput_cached:>10.1f} {tput_cached / ref_tput:>9.2f}")
+        print(json.dumps({"latency": {r[0]: {"reference_s": r[1], "ours_s": r[2], "ratio": r[2] / r[1], "same_tokens": r[3]}
+                                      for r in rows},
+                          "throughput": {"reference": ref_tput, "ours_distinct_images": tput, "ours_shared_image": tput_cached,
+                                         "concurrency": a.concurrency, "dtype": a.dtype, "threads": a.threads}}))
+    finally:
+        proc.send_signal(signal.SIGTERM); proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
