@@ -135,13 +135,8 @@ fn host_attention(
         };
         softmax_rows(&mut scores, tk, softmax_scale);
         let values = &vv[b * tk * d..(b + 1) * tk * d];
-        let mut vt = vec![0f32; d * tk];
-        for (j, row) in values.chunks_exact(d).enumerate() {
-            for (c, x) in row.iter().enumerate() {
-                vt[c * tk + j] = *x;
-            }
-        }
-        PackedMatrix::new(&vt, d, tk, WeightDtype::F32).matmul(&scores, tq, None, out);
+        PackedMatrix::from_transposed(values, d, tk, WeightDtype::F32)
+            .matmul(&scores, tq, None, out);
     });
     Tensor::from_vec(out, dims, q.device())
 }

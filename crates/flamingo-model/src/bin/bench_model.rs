@@ -162,6 +162,18 @@ fn attention_mode() -> BoxResult<()> {
         sin: vec![0.5; 4096 * 32],
         half: 32,
     };
+    {
+        let q = Tensor::randn(0f32, 1.0, (1, 6, 257, 64), &Device::Cpu)?;
+        flamingo_model::nn::attention(&q, &q, &q, 0.125, None)?;
+        let t = Instant::now();
+        for _ in 0..20 {
+            flamingo_model::nn::attention(&q, &q, &q, 0.125, None)?;
+        }
+        println!(
+            "vision attention 6x257x64: {:.2} ms",
+            t.elapsed().as_secs_f64() / 20.0 * 1e3
+        );
+    }
     for batch in [1usize, 4, 16] {
         let mut caches = vec![HostKv::default(); batch];
         let prefill = vec![0.01f32; 80 * width];
@@ -359,6 +371,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
     device.synchronize()?;
     let (mut vit, mut resampler) = (Vec::new(), Vec::new());
+    for t in &flamingo_model::vision::T {
+        t.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
     for _ in 0..5 {
         let t = Instant::now();
         let tokens = model.vision_tokens(&px)?;

@@ -17,7 +17,8 @@ pub fn exp(x: f32) -> f32 {
     // 1.5 · 2²³: adding it rounds to the nearest integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.722_83);
-    let k = x.mul_add(LOG2E, ROUND) - ROUND;
+    let shifted = x.mul_add(LOG2E, ROUND);
+    let k = shifted - ROUND;
     let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
     p = p.mul_add(r, 1.398_199_9e-3);
@@ -26,7 +27,10 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.166_666_65);
     p = p.mul_add(r, 0.5);
     let poly = p.mul_add(r * r, r) + 1.0;
-    poly * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    // The integer k sits in the low mantissa bits of `shifted`; reading it there (not `k as
+    // i32`, a saturating scalar conversion) keeps the loop in vector registers.
+    let k_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    poly * f32::from_bits(((k_int + 127) << 23) as u32)
 }
 
 /// erf(x): its Maclaurin series below |x| = 1, Abramowitz & Stegun 7.1.26 above (absolute
@@ -87,18 +91,36 @@ pub fn gelu_erf(data: &mut [f32]) {
     });
 }
 
+/// A reduction in 16 independent lanes, combined at the end (vectorises; a single running
+/// accumulator would not).
+#[inline(always)]
+fn lanes(
+    row: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| step(a, v));
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = step(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| combine(a, b))
+}
+
 /// `softmax(scale · row)` over each `row_len`-long row.
 pub fn softmax_rows(data: &mut [f32], row_len: usize, scale: f32) {
     let rows_per_chunk = (CHUNK / row_len.max(1)).max(1);
     let one = |rows: &mut [f32]| {
         for row in rows.chunks_exact_mut(row_len) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-            let mut sum = 0f32;
+            let max = lanes(row, f32::NEG_INFINITY, |m, v| m.max(v * scale), f32::max);
             for v in row.iter_mut() {
                 *v = exp(*v * scale - max);
-                sum += *v;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / lanes(row, 0.0, |s, v| s + v, |a, b| a + b);
             row.iter_mut().for_each(|v| *v *= inv);
         }
     };

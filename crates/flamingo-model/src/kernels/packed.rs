@@ -101,28 +101,54 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-fn pack<E: Elem>(w: &[f32], n: usize, k: usize) -> Vec<Line> {
+/// Where the weight comes from: `[n, k]` rows (nn.Linear) or its transpose `[k, n]`.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Rows(&'a [f32]),
+    Transposed(&'a [f32]),
+}
+
+/// Packs in parallel for large weights; small ones (attention operands built per call) inline.
+const PARALLEL_PACK_MIN: usize = 1 << 20;
+
+fn pack<E: Elem>(src: Source, n: usize, k: usize) -> Vec<Line> {
     let panels = n.div_ceil(PANEL);
     let elems = panels * k * PANEL;
     let bytes = elems * std::mem::size_of::<E>();
     let mut lines = vec![Line([0; 64]); bytes.div_ceil(64)];
     // SAFETY: `lines` holds at least `elems` values of E (plain old data, alignment ≤ 64).
     let dst = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut E, elems) };
-    dst.par_chunks_mut(GROUP * PANEL * k)
-        .enumerate()
-        .for_each(|(g, group)| {
-            for p in g * GROUP..(g * GROUP + GROUP).min(panels) {
-                let (offset, stride) = panel_layout(p, k, panels);
-                let offset = offset - g * GROUP * PANEL * k;
-                for lane in 0..PANEL {
-                    let row = p * PANEL + lane;
-                    for kk in 0..k {
-                        let v = if row < n { w[row * k + kk] } else { 0.0 };
-                        group[offset + kk * stride + lane] = E::from_f32(v);
+    let fill = |(g, group): (usize, &mut [E])| {
+        for p in g * GROUP..(g * GROUP + GROUP).min(panels) {
+            let (offset, stride) = panel_layout(p, k, panels);
+            let offset = offset - g * GROUP * PANEL * k;
+            let lanes = PANEL.min(n - p * PANEL);
+            // Contiguous writes of each k row; the zero padding past `n` is already there.
+            for kk in 0..k {
+                let out = &mut group[offset + kk * stride..][..lanes];
+                match src {
+                    Source::Rows(w) => {
+                        for (lane, o) in out.iter_mut().enumerate() {
+                            *o = E::from_f32(w[(p * PANEL + lane) * k + kk]);
+                        }
+                    }
+                    Source::Transposed(w) => {
+                        let row = &w[kk * n + p * PANEL..][..lanes];
+                        for (o, v) in out.iter_mut().zip(row) {
+                            *o = E::from_f32(*v);
+                        }
                     }
                 }
             }
-        });
+        }
+    };
+    if elems >= PARALLEL_PACK_MIN {
+        dst.par_chunks_mut(GROUP * PANEL * k)
+            .enumerate()
+            .for_each(fill);
+    } else {
+        dst.chunks_mut(GROUP * PANEL * k).enumerate().for_each(fill);
+    }
     lines
 }
 
@@ -135,10 +161,26 @@ impl PackedMatrix {
             "weight has {} values, expected {n}x{k}",
             w.len()
         );
+        Self::packed(Source::Rows(w), n, k, dtype)
+    }
+
+    /// From `w_t`, the row-major `[k, n]` transpose (e.g. attention values `[tokens, dim]` as
+    /// the weight of `probabilities · values`).
+    pub fn from_transposed(w_t: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Self {
+        assert_eq!(
+            w_t.len(),
+            n * k,
+            "weight has {} values, expected {k}x{n}",
+            w_t.len()
+        );
+        Self::packed(Source::Transposed(w_t), n, k, dtype)
+    }
+
+    fn packed(src: Source, n: usize, k: usize, dtype: WeightDtype) -> Self {
         let panels = match dtype {
-            WeightDtype::F32 => Panels::F32(pack::<f32>(w, n, k)),
-            WeightDtype::F16 => Panels::F16(pack::<f16>(w, n, k)),
-            WeightDtype::BF16 => Panels::BF16(pack::<bf16>(w, n, k)),
+            WeightDtype::F32 => Panels::F32(pack::<f32>(src, n, k)),
+            WeightDtype::F16 => Panels::F16(pack::<f16>(src, n, k)),
+            WeightDtype::BF16 => Panels::BF16(pack::<bf16>(src, n, k)),
         };
         Self { n, k, panels }
     }
@@ -441,6 +483,22 @@ mod tests {
                 "row {row} in a batch of {m}"
             );
         }
+    }
+
+    #[test]
+    fn packing_the_transpose_gives_the_same_matrix() {
+        let (m, n, k) = (5, 37, 21);
+        let (x, w) = (values(m * k, 11), values(n * k, 12));
+        let mut w_t = vec![0f32; n * k];
+        for r in 0..n {
+            for c in 0..k {
+                w_t[c * n + r] = w[r * k + c];
+            }
+        }
+        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+        PackedMatrix::new(&w, n, k, WeightDtype::F32).matmul(&x, m, None, &mut a);
+        PackedMatrix::from_transposed(&w_t, n, k, WeightDtype::F32).matmul(&x, m, None, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
