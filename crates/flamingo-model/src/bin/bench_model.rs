@@ -371,9 +371,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
     device.synchronize()?;
     let (mut vit, mut resampler) = (Vec::new(), Vec::new());
-    for t in &flamingo_model::vision::T {
-        t.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
     for _ in 0..5 {
         let t = Instant::now();
         let tokens = model.vision_tokens(&px)?;
