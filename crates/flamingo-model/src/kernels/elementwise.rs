@@ -94,7 +94,7 @@ pub fn gelu_erf(data: &mut [f32]) {
 /// A reduction in 16 independent lanes, combined at the end (vectorises; a single running
 /// accumulator would not).
 #[inline(always)]
-fn lanes(
+pub fn lanes(
     row: &[f32],
     init: f32,
     step: impl Fn(f32, f32) -> f32,
