@@ -90,10 +90,12 @@ async fn requests_past_their_deadline_get_504() {
             ("FLAMINGO_SERVER_REQUEST_TIMEOUT_S", "1"),
             ("FLAMINGO_LIMITS_MAX_BATCH_SIZE", "1"),
             ("FLAMINGO_LIMITS_MAX_BEAMS", "1"),
+            SLOW_STEPS,
         ])
         .await;
         let body = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 100}});
-        // 30 x 100 tokens one at a time cannot all finish within a second.
+        // 30 x 100 tokens one at a time, at ≥ 2 ms a step, cannot all finish within a second
+        // (the tiny model alone is fast enough to, so the steps are slowed down).
         let replies = join_all((0..30).map(|_| s.post("/generate", &body))).await;
         let mut timeouts = 0;
         for r in &replies {

@@ -4,6 +4,7 @@
 //!
 //! cargo run --release -p flamingo-model --bin bench_model -- [fixture|medium|9b|dir:PATH]
 //!     [--dtype f32|f16|bf16] [--device cpu|cuda] [--batches 1,4,16] [--llama-layers N] [--quant q8_0|q4k]
+//!     [--long N (steps of the early/late per-token check; 0 skips it)]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -146,6 +147,56 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
     Ok(())
 }
 
+/// Max |logit − f32 logit| over every position of the 2-shot prompt (3 images), per weight format.
+fn precision_mode(dir: &std::path::Path) -> BoxResult<()> {
+    use flamingo_model::linear::Quantization;
+    let paths = ModelPaths::from_dir(dir)?;
+    let tok = FlamingoTokenizer::from_file(&paths.tokenizer)?;
+    let prompt = tok.encode(
+        "<image>Output:A red and green gradient.<|endofchunk|><image>Output:A checker board.<|endofchunk|><image>Output:",
+    )?;
+    let pixels: Vec<Vec<f32>> = ["gradient", "checker", "stripes"]
+        .iter()
+        .map(|n| {
+            let bytes = std::fs::read(dir.join("images").join(format!("{n}.png")))?;
+            Ok(preprocess::preprocess(
+                &bytes,
+                &preprocess::ImageLimits::default(),
+            )?)
+        })
+        .collect::<BoxResult<_>>()?;
+    let logits = |dtype: DType, quant: Option<Quantization>| -> BoxResult<Tensor> {
+        let opts = LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let model = Arc::new(Flamingo::load_with(&paths, &opts, quant)?);
+        let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+        let latents = Engine::new(model.clone()).encode_images(&refs)?;
+        Ok(model.score_prompt(&prompt, Some(&Tensor::stack(&latents, 0)?))?)
+    };
+    let reference = logits(DType::F32, None)?;
+    let scale = reference.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    println!("f32 logits: max |logit| = {scale:.3}");
+    for (name, dtype, quant) in [
+        ("f16", DType::F16, None),
+        ("bf16", DType::BF16, None),
+        ("q8_0", DType::F32, Some(Quantization::Q8_0)),
+        ("q4k", DType::F32, Some(Quantization::Q4K)),
+    ] {
+        let diff = (logits(dtype, quant)? - &reference)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        println!(
+            "{name}: max |logit - f32 logit| = {diff:.4} over {} positions",
+            prompt.len()
+        );
+    }
+    Ok(())
+}
+
 /// The CPU attention kernel alone: decode steps of `batch` sequences with 80 cached positions.
 fn attention_mode() -> BoxResult<()> {
     use flamingo_model::kernels::attention::{
@@ -277,6 +328,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.first().map(String::as_str) == Some("linear") {
         return linear_mode();
+    }
+    if args.first().map(String::as_str) == Some("precision") {
+        let dir = args
+            .get(1)
+            .ok_or("usage: bench_model precision MODEL_DIR")?;
+        return precision_mode(std::path::Path::new(dir));
     }
     if args.first().map(String::as_str) == Some("requests") {
         let dir = args
@@ -437,7 +494,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     // Decode cost per token early vs late in a long generation (should be nearly flat).
-    let long = 200.min(model.max_positions().saturating_sub(prompt_len + 1));
+    let long = flag("--long")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize)
+        .min(model.max_positions().saturating_sub(prompt_len + 1));
     if long > 20 {
         let mut engine = Engine::new(model.clone());
         let params = GenerationParams {

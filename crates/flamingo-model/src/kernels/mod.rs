@@ -43,6 +43,17 @@ impl Isa {
         Isa::Portable
     }
 
+    /// Whether this CPU can run `self` (the SIMD paths are undefined behaviour elsewhere).
+    pub fn runs_here(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => matches!(best_isa(), Isa::Avx2 | Isa::Avx512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => best_isa() == Isa::Avx512,
+        }
+    }
+
     /// Every implementation this CPU can run (for tests that compare them).
     pub fn available() -> Vec<Isa> {
         let best = Isa::detect();

@@ -214,6 +214,7 @@ impl PackedMatrix {
         bias: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        assert!(isa.runs_here(), "{isa:?} is not supported by this CPU");
         assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
         assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
         match &self.panels {
