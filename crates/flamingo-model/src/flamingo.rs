@@ -258,6 +258,8 @@ impl Flamingo {
         &self.cfg
     }
 
+    /// The activation dtype: f32 on the CPU whatever the weights are stored in, the load dtype on
+    /// other devices (see [`crate::nn::activation_dtype`]).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
