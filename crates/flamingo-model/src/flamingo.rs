@@ -286,7 +286,20 @@ impl Flamingo {
     /// Pixels -> image latents, one row per image. Images are independent, so any batching of
     /// them gives the same latents.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.resample(&self.vision_tokens(pixels)?)
+        let n = pixels.dim(0)?;
+        // On the CPU one image per pass keeps every activation of the tower in cache; batching 16
+        // images measured ~15-30 % slower per image. A GPU wants the whole batch at once.
+        let per_pass = if self.device.is_cpu() { 1 } else { n.max(1) };
+        if n <= per_pass {
+            return self.resample(&self.vision_tokens(pixels)?);
+        }
+        let parts = (0..n)
+            .step_by(per_pass)
+            .map(|i| {
+                self.resample(&self.vision_tokens(&pixels.narrow(0, i, per_pass.min(n - i))?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
     /// Caches for a new sequence whose prompt has these images (latents [T_img, L, D]).

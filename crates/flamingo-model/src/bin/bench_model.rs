@@ -418,13 +418,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Image encode (ViT + resampler), one image.
     let mut encode = Vec::new();
     let mut latents = None;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
         latents = Some(engine.encode_images(&[&pixels])?.remove(0));
         encode.push(t.elapsed().as_secs_f64());
     }
     let latents = latents.expect("encoded").unsqueeze(0)?;
     println!("image encode (1 image): {:.1} ms", median(encode) * 1e3);
+    let many = 16;
+    let refs: Vec<&[f32]> = (0..many).map(|_| pixels.as_slice()).collect();
+    let mut batched = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        engine.encode_images(&refs)?;
+        batched.push(t.elapsed().as_secs_f64() / many as f64);
+    }
+    println!(
+        "image encode ({many} images in one call): {:.1} ms per image",
+        median(batched) * 1e3
+    );
     let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
     device.synchronize()?;
     let (mut vit, mut resampler) = (Vec::new(), Vec::new());
