@@ -265,7 +265,9 @@ impl PackedMatrix {
             }
         };
         let threads = rayon::current_num_threads();
-        if threads <= 1 || m * n * k < PARALLEL_MIN_FMAS {
+        // On a pool thread the caller already split the work (e.g. attention over heads).
+        let nested = rayon::current_thread_index().is_some();
+        if threads <= 1 || nested || m * n * k < PARALLEL_MIN_FMAS {
             task((0, m), (0, panels));
             return;
         }
