@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::{exp, lanes};
 use super::SharedOut;
 
 /// One sequence's history of keys and values, head-major: `[kv_heads][capacity][head_dim]`, so
@@ -104,8 +105,8 @@ pub struct SeqAttn<'a> {
     pub cache: &'a mut HostKv,
 }
 
-#[allow(clippy::too_many_arguments)]
 /// `q [tokens, heads*hd]`, `k`/`v [tokens, kv_heads*hd]` (before RoPE) -> `out [tokens, heads*hd]`.
+#[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],
@@ -160,12 +161,9 @@ pub fn causal_attention(
                     .chunks_exact(hd)
                     .map(|kj| dot(qh, kj) * scale),
             );
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
+            let max = lanes(&scores, f32::NEG_INFINITY, f32::max, f32::max);
+            scores.iter_mut().for_each(|s| *s = exp(*s - max));
+            let sum = lanes(&scores, 0.0, |a, s| a + s, |a, b| a + b);
             acc.fill(0.0);
             for (p, vj) in scores.iter().zip(values.chunks_exact(hd)) {
                 axpy(*p / sum, vj, &mut acc);
