@@ -277,7 +277,10 @@ fn linear_mode() -> BoxResult<()> {
         Ok(t.elapsed().as_secs_f64() / reps as f64 * 1e3)
     };
     for (n, k) in [
-        (32003usize, 512usize),
+        (1536usize, 384usize),
+        (384, 1536),
+        (1024, 384),
+        (32003, 512),
         (1376, 512),
         (512, 1376),
         (1152, 384),
@@ -289,7 +292,7 @@ fn linear_mode() -> BoxResult<()> {
             .into_iter()
             .map(|d| PackedMatrix::new(&wv, n, k, d))
             .collect();
-        for m in [1usize, 4, 16, 257] {
+        for m in [1usize, 4, 16, 64, 257] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             let candle = time(&mut || {
