@@ -66,6 +66,21 @@ impl Linear {
         Self::from_weights(weight, None, quant)
     }
 
+    /// Several bias-free projections of the same input as one (their weights stacked along the
+    /// output dim, in order): one pass over `x` and one parallel dispatch instead of several, with
+    /// every output column computed exactly as its own projection would.
+    pub fn load_stacked(
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        quant: Option<Quantization>,
+    ) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|(out_dim, vb)| vb.get((*out_dim, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_weights(Tensor::cat(&weights, 0)?, None, quant)
+    }
+
     /// `weight` is `[out, in]`; the storage dtype of the weight is kept (f32/f16/bf16).
     pub fn from_weights(
         weight: Tensor,

@@ -81,9 +81,8 @@ impl Rotary {
 }
 
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj and v_proj stacked.
+    qkv_proj: Linear,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -95,14 +94,15 @@ impl SelfAttention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.kv_heads() * hd;
         Ok(Self {
-            q_proj: Linear::load_quantizable(
+            qkv_proj: Linear::load_stacked(
                 h,
-                cfg.num_attention_heads * hd,
-                vb.pp("q_proj"),
+                &[
+                    (cfg.num_attention_heads * hd, vb.pp("q_proj")),
+                    (kv, vb.pp("k_proj")),
+                    (kv, vb.pp("v_proj")),
+                ],
                 quant,
             )?,
-            k_proj: Linear::load_quantizable(h, kv, vb.pp("k_proj"), quant)?,
-            v_proj: Linear::load_quantizable(h, kv, vb.pp("v_proj"), quant)?,
             o_proj: Linear::load_quantizable(
                 cfg.num_attention_heads * hd,
                 h,
@@ -116,9 +116,11 @@ impl SelfAttention {
     }
 
     fn forward(&self, x: &Tensor, rows: &mut [AttnRows], rotary: &Rotary) -> Result<Tensor> {
-        let q = x.apply(&self.q_proj)?;
-        let k = x.apply(&self.k_proj)?;
-        let v = x.apply(&self.v_proj)?;
+        let qkv = x.apply(&self.qkv_proj)?;
+        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let q = qkv.narrow(1, 0, q_width)?.contiguous()?;
+        let k = qkv.narrow(1, q_width, kv_width)?.contiguous()?;
+        let v = qkv.narrow(1, q_width + kv_width, kv_width)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if let (Some(tables), DType::F32) = (&rotary.host, q.dtype()) {
             return self
@@ -215,15 +217,18 @@ fn causal_mask(n: usize, total: usize, device: &Device) -> Result<Option<Tensor>
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate_proj and up_proj stacked.
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate: usize,
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = x.apply(&self.gate_proj)?.silu()?;
-        (gate * x.apply(&self.up_proj)?)?.apply(&self.down_proj)
+        let gate_up = x.apply(&self.gate_up_proj)?;
+        let gate = gate_up.narrow(1, 0, self.intermediate)?.silu()?;
+        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?;
+        (gate * up)?.apply(&self.down_proj)
     }
 }
 
@@ -248,9 +253,13 @@ impl DecoderLayer {
                 vb.pp("post_attention_layernorm"),
             )?,
             mlp: Mlp {
-                gate_proj: Linear::load_quantizable(h, i, mlp.pp("gate_proj"), quant)?,
-                up_proj: Linear::load_quantizable(h, i, mlp.pp("up_proj"), quant)?,
+                gate_up_proj: Linear::load_stacked(
+                    h,
+                    &[(i, mlp.pp("gate_proj")), (i, mlp.pp("up_proj"))],
+                    quant,
+                )?,
                 down_proj: Linear::load_quantizable(i, h, mlp.pp("down_proj"), quant)?,
+                intermediate: i,
             },
         })
     }
