@@ -253,13 +253,15 @@ impl PackedMatrix {
                 unsafe {
                     E::block(
                         isa,
-                        x.as_ptr().add(b0 * k),
-                        rows,
-                        lines.as_ptr() as *const E,
-                        k,
-                        p0..p1,
-                        n,
-                        out_ptr.at(b0 * n),
+                        Block {
+                            x: x.as_ptr().add(b0 * k),
+                            rows,
+                            w: lines.as_ptr() as *const E,
+                            k,
+                            panels: p0..p1,
+                            n,
+                            out: out_ptr.at(b0 * n),
+                        },
                     )
                 };
             }
@@ -301,63 +303,50 @@ fn split_work(m: usize, panels: usize, threads: usize) -> (usize, usize) {
     (row_splits, col_splits)
 }
 
+/// One unit of work for a tile walker: `rows` rows of `x` (stride `k`) against panels
+/// `panels` of the packed weight `w`, written into `out` (rows of stride `n`).
+pub struct Block<E> {
+    pub x: *const f32,
+    pub rows: usize,
+    pub w: *const E,
+    pub k: usize,
+    pub panels: std::ops::Range<usize>,
+    pub n: usize,
+    pub out: *mut f32,
+}
+
 /// Dispatch from a weight element type to the tile implementations of each instruction set.
 pub trait KernelElem: Elem {
     /// # Safety
-    /// `x` has `rows × k` floats, `w` the full panel array, `out` rows of stride `n`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
-        isa: Isa,
-        x: *const f32,
-        rows: usize,
-        w: *const Self,
-        k: usize,
-        panels: std::ops::Range<usize>,
-        n: usize,
-        out: *mut f32,
-    ) {
+    /// The block's pointers cover its rows and panels; `isa` runs on this CPU.
+    unsafe fn block(isa: Isa, job: Block<Self>) {
         match isa {
-            Isa::Portable => portable_block(x, rows, w, k, panels, n, out),
+            Isa::Portable => portable_block(job),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Self::avx2(x, rows, w, k, panels, n, out),
+            Isa::Avx2 => Self::avx2(job),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Self::avx512(x, rows, w, k, panels, n, out),
+            Isa::Avx512 => Self::avx512(job),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2(
-        x: *const f32,
-        rows: usize,
-        w: *const Self,
-        k: usize,
-        panels: std::ops::Range<usize>,
-        n: usize,
-        out: *mut f32,
-    );
+    unsafe fn avx2(job: Block<Self>);
 
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx512(
-        x: *const f32,
-        rows: usize,
-        w: *const Self,
-        k: usize,
-        panels: std::ops::Range<usize>,
-        n: usize,
-        out: *mut f32,
-    );
+    unsafe fn avx512(job: Block<Self>);
 }
 
 /// The reference semantics every SIMD path must reproduce bit for bit.
-unsafe fn portable_block<E: Elem>(
-    x: *const f32,
-    rows: usize,
-    w: *const E,
-    k: usize,
-    panels: std::ops::Range<usize>,
-    n: usize,
-    out: *mut f32,
-) {
+unsafe fn portable_block<E: Elem>(job: Block<E>) {
+    let Block {
+        x,
+        rows,
+        w,
+        k,
+        panels,
+        n,
+        out,
+    } = job;
     let total = n.div_ceil(PANEL);
     for p in panels {
         let (offset, stride) = panel_layout(p, k, total);

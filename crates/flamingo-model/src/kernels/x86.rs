@@ -2,11 +2,10 @@
 //! walks `k` once: per step it loads `P` weight vectors and broadcasts one input value per row.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::packed::{panel_layout, Elem, KernelElem, PANEL};
+use super::packed::{panel_layout, Block, Elem, KernelElem, PANEL};
 
 /// Loading 16 (AVX-512) or 8 (AVX2) consecutive weights as f32 lanes.
 trait Load: Elem {
@@ -163,19 +162,21 @@ fn tile256_for<E: Load>(r: usize) -> Tile<E> {
 }
 
 /// Walks panel groups of `max_p`, and within each the rows in tiles of up to `max_r`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn walk<E: Load>(
-    x: *const f32,
-    rows: usize,
-    w: *const E,
-    k: usize,
-    panels: Range<usize>,
-    n: usize,
-    out: *mut f32,
+    job: Block<E>,
     max_r: usize,
     max_p: usize,
     tile: fn(usize, usize) -> Tile<E>,
 ) {
+    let Block {
+        x,
+        rows,
+        w,
+        k,
+        panels,
+        n,
+        out,
+    } = job;
     let total = n.div_ceil(PANEL);
     let mut p = panels.start;
     while p < panels.end {
@@ -204,41 +205,12 @@ unsafe fn walk<E: Load>(
 macro_rules! kernel_elem {
     ($t:ty) => {
         impl KernelElem for $t {
-            unsafe fn avx2(
-                x: *const f32,
-                rows: usize,
-                w: *const Self,
-                k: usize,
-                panels: Range<usize>,
-                n: usize,
-                out: *mut f32,
-            ) {
-                walk(x, rows, w, k, panels, n, out, MAX_R256, 1, |r, _| {
-                    tile256_for::<$t>(r)
-                })
+            unsafe fn avx2(job: Block<Self>) {
+                walk(job, MAX_R256, 1, |r, _| tile256_for::<$t>(r))
             }
 
-            unsafe fn avx512(
-                x: *const f32,
-                rows: usize,
-                w: *const Self,
-                k: usize,
-                panels: Range<usize>,
-                n: usize,
-                out: *mut f32,
-            ) {
-                walk(
-                    x,
-                    rows,
-                    w,
-                    k,
-                    panels,
-                    n,
-                    out,
-                    MAX_R512,
-                    MAX_P512,
-                    tile512_for::<$t>,
-                )
+            unsafe fn avx512(job: Block<Self>) {
+                walk(job, MAX_R512, MAX_P512, tile512_for::<$t>)
             }
         }
     };
