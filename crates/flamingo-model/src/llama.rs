@@ -117,16 +117,16 @@ impl SelfAttention {
 
     fn forward(&self, x: &Tensor, rows: &mut [AttnRows], rotary: &Rotary) -> Result<Tensor> {
         let qkv = x.apply(&self.qkv_proj)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if let (Some(tables), DType::F32) = (&rotary.host, qkv.dtype()) {
+            return self
+                .host_attention(&qkv, rows, tables, scale as f32)?
+                .apply(&self.o_proj);
+        }
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let q = qkv.narrow(1, 0, q_width)?.contiguous()?;
         let k = qkv.narrow(1, q_width, kv_width)?.contiguous()?;
         let v = qkv.narrow(1, q_width + kv_width, kv_width)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if let (Some(tables), DType::F32) = (&rotary.host, q.dtype()) {
-            return self
-                .host_attention(&q, &k, &v, rows, tables, scale as f32)?
-                .apply(&self.o_proj);
-        }
         let mut outs = Vec::with_capacity(rows.len());
         for r in rows.iter_mut() {
             let heads =
@@ -143,12 +143,11 @@ impl SelfAttention {
         Tensor::cat(&outs, 0)?.apply(&self.o_proj)
     }
 
-    /// The CPU path: one kernel call for every sequence and head of the batch.
+    /// The CPU path: one kernel call for every sequence and head of the batch, straight on the
+    /// stacked projection's rows.
     fn host_attention(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        qkv: &Tensor,
         rows: &mut [AttnRows],
         tables: &RopeTables,
         scale: f32,
@@ -162,8 +161,7 @@ impl SelfAttention {
                 );
             }
         }
-        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-        let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
+        let qkv_rows = qkv.flatten_all()?.to_vec1::<f32>()?;
         let mut seqs = rows
             .iter_mut()
             .map(|r| {
@@ -179,9 +177,10 @@ impl SelfAttention {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
         };
-        let mut out = vec![0f32; qv.len()];
-        causal_attention(&qv, &kv, &vv, &mut seqs, shape, tables, scale, &mut out);
-        Tensor::from_vec(out, q.dims(), q.device())
+        let tokens = qkv.dim(0)?;
+        let mut out = vec![0f32; tokens * self.heads * self.head_dim];
+        causal_attention(&qkv_rows, &mut seqs, shape, tables, scale, &mut out);
+        Tensor::from_vec(out, (tokens, self.heads * self.head_dim), qkv.device())
     }
 
     fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {

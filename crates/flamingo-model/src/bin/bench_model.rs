@@ -227,7 +227,7 @@ fn attention_mode() -> BoxResult<()> {
     }
     for batch in [1usize, 4, 16] {
         let mut caches = vec![HostKv::default(); batch];
-        let prefill = vec![0.01f32; 80 * width];
+        let prefill = vec![0.01f32; 80 * 3 * width];
         for c in caches.iter_mut() {
             let mut seqs = [SeqAttn {
                 start: 0,
@@ -235,11 +235,9 @@ fn attention_mode() -> BoxResult<()> {
                 cache: c,
             }];
             let mut out = vec![0f32; 80 * width];
-            causal_attention(
-                &prefill, &prefill, &prefill, &mut seqs, shape, &rope, 0.125, &mut out,
-            );
+            causal_attention(&prefill, &mut seqs, shape, &rope, 0.125, &mut out);
         }
-        let x = vec![0.01f32; batch * width];
+        let x = vec![0.01f32; batch * 3 * width];
         let mut out = vec![0f32; batch * width];
         let reps = 200;
         let t = Instant::now();
@@ -253,7 +251,7 @@ fn attention_mode() -> BoxResult<()> {
                     cache: c,
                 })
                 .collect();
-            causal_attention(&x, &x, &x, &mut seqs, shape, &rope, 0.125, &mut out);
+            causal_attention(&x, &mut seqs, shape, &rope, 0.125, &mut out);
         }
         println!(
             "attention batch {batch}: {:.1} us/call",

@@ -105,12 +105,10 @@ pub struct SeqAttn<'a> {
     pub cache: &'a mut HostKv,
 }
 
-/// `q [tokens, heads*hd]`, `k`/`v [tokens, kv_heads*hd]` (before RoPE) -> `out [tokens, heads*hd]`.
-#[allow(clippy::too_many_arguments)]
+/// `qkv [tokens, heads*hd + 2*kv_heads*hd]` (each row q, k, v side by side, as the stacked
+/// projection writes them; before RoPE) -> `out [tokens, heads*hd]`.
 pub fn causal_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: &[f32],
     seqs: &mut [SeqAttn],
     shape: AttnShape,
     rope: &RopeTables,
@@ -118,22 +116,26 @@ pub fn causal_attention(
     out: &mut [f32],
 ) {
     let (qw, kw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+    let row_width = qw + 2 * kw;
     // RoPE and the cache append, sequence by sequence (cheap, memory-bound).
-    let mut q_rot = q.to_vec();
+    let mut q_rot = vec![0f32; out.len()];
     for s in seqs.iter_mut() {
         let cache = &mut *s.cache;
         cache.reserve(s.len, shape.kv_heads, hd);
         for t in 0..s.len {
             let (row, pos) = (s.start + t, cache.len + t);
-            for h in 0..shape.heads {
-                rope.rotate(&mut q_rot[row * qw + h * hd..row * qw + (h + 1) * hd], pos);
+            let (q, kv) = qkv[row * row_width..(row + 1) * row_width].split_at(qw);
+            let (k, v) = kv.split_at(kw);
+            let q_out = &mut q_rot[row * qw..(row + 1) * qw];
+            q_out.copy_from_slice(q);
+            for head in q_out.chunks_exact_mut(hd) {
+                rope.rotate(head, pos);
             }
             for h in 0..shape.kv_heads {
                 let at = (h * cache.capacity + pos) * hd;
-                let src = row * kw + h * hd;
-                cache.k[at..at + hd].copy_from_slice(&k[src..src + hd]);
+                cache.k[at..at + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
                 rope.rotate(&mut cache.k[at..at + hd], pos);
-                cache.v[at..at + hd].copy_from_slice(&v[src..src + hd]);
+                cache.v[at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
             }
         }
         cache.len += s.len;
@@ -230,17 +232,7 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     fn tables(positions: usize, hd: usize) -> RopeTables {
         let half = hd / 2;
@@ -318,13 +310,15 @@ mod tests {
         let mut t = 0;
         while t < n {
             let len = if t == 0 { prefill } else { 1 };
-            let (oq, ok, ov) = (values(32, 10 + t as u64), values(16, 20), values(16, 30));
-            let mut pq = oq.clone();
-            pq.extend_from_slice(&q[t * 32..(t + len) * 32]);
-            let mut pk = ok.clone();
-            pk.extend_from_slice(&k[t * 16..(t + len) * 16]);
-            let mut pv = ov.clone();
-            pv.extend_from_slice(&v[t * 16..(t + len) * 16]);
+            // Row 0: the other sequence's token; rows 1..: ours. Each row is [q | k | v].
+            let mut qkv = values(32, 10 + t as u64);
+            qkv.extend(values(16, 20));
+            qkv.extend(values(16, 30));
+            for r in t..t + len {
+                qkv.extend_from_slice(&q[r * 32..(r + 1) * 32]);
+                qkv.extend_from_slice(&k[r * 16..(r + 1) * 16]);
+                qkv.extend_from_slice(&v[r * 16..(r + 1) * 16]);
+            }
             let mut out = vec![0f32; (1 + len) * 32];
             let mut seqs = [
                 SeqAttn {
@@ -339,7 +333,7 @@ mod tests {
                 },
             ];
             let scale = 1.0 / (shape.head_dim as f32).sqrt();
-            causal_attention(&pq, &pk, &pv, &mut seqs, shape, &rope, scale, &mut out);
+            causal_attention(&qkv, &mut seqs, shape, &rope, scale, &mut out);
             got.extend_from_slice(&out[32..]);
             t += len;
         }

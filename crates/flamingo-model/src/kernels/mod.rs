@@ -103,3 +103,17 @@ impl SharedOut {
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.at(offset), values.len());
     }
 }
+
+/// Deterministic test inputs in [-1, 1) (xorshift), shared by the kernel tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -375,18 +375,7 @@ impl KernelElem for bf16 {}
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        // Deterministic values in [-1, 1) with varied magnitudes.
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     fn naive(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, dtype: WeightDtype) -> Vec<f64> {
         let round = |v: f32| match dtype {
