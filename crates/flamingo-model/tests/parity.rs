@@ -24,6 +24,27 @@ fn vision_tokens_match() {
     }
 }
 
+/// Encoding several images in one call (side by side on the pool's threads, the rest split over
+/// them) gives each image the same bits as encoding it alone.
+#[test]
+fn images_encoded_together_equal_images_encoded_alone() {
+    let f = load(MediaRule::NextImage);
+    let names = ["gradient", "checker", "stripes", "rings", "gradient"];
+    let pixels: Vec<Tensor> = names.iter().map(|n| reference_pixels(n)).collect();
+    let together = f
+        .model
+        .encode_images(&Tensor::cat(&pixels, 0).unwrap())
+        .unwrap();
+    for (i, (name, px)) in names.iter().zip(&pixels).enumerate() {
+        let alone = f.model.encode_images(px).unwrap().squeeze(0).unwrap();
+        let diff = max_abs_diff(&together.get(i).unwrap(), &alone);
+        assert_eq!(
+            diff, 0.0,
+            "{name} (image {i}) differs by {diff} when encoded with others"
+        );
+    }
+}
+
 /// Per row of a case: its real tokens and the resampled latents of its images.
 fn rows(f: &Fixture, case: &serde_json::Value) -> Vec<(Vec<u32>, Option<Tensor>)> {
     let all_ids = case["input_ids"].as_array().unwrap();

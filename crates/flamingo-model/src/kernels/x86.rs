@@ -48,6 +48,31 @@ impl Load for bf16 {
     }
 }
 
+/// Cache lines of the *next* panel group a tile asks for while it computes on the current one,
+/// so that the weight stream from memory overlaps the arithmetic of small batches (without it a
+/// 16-row call costs the memory time plus the compute time instead of the larger of the two).
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: *const u8,
+    lines_per_step: usize,
+}
+
+impl Prefetch {
+    const NONE: Prefetch = Prefetch {
+        at: std::ptr::null(),
+        lines_per_step: 0,
+    };
+
+    #[inline(always)]
+    unsafe fn step(self, kk: usize) {
+        // A prefetch never faults, whatever the address; the pointer arithmetic stays in bounds.
+        let line = self.at.wrapping_add(kk * self.lines_per_step * 64);
+        for j in 0..self.lines_per_step.min(4) {
+            _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(j * 64) as *const i8);
+        }
+    }
+}
+
 /// `R` rows × `P` panels; `valid` columns of the last panel are stored (the rest is padding).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
@@ -60,9 +85,11 @@ unsafe fn tile512<E: Load, const R: usize, const P: usize>(
     out: *mut f32,
     ldo: usize,
     valid: usize,
+    prefetch: Prefetch,
 ) {
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for kk in 0..k {
+        prefetch.step(kk);
         let mut wv = [_mm512_setzero_ps(); P];
         for (p, v) in wv.iter_mut().enumerate() {
             *v = E::load16(w.add(kk * wstride + p * PANEL));
@@ -103,9 +130,11 @@ unsafe fn tile256<E: Load, const R: usize>(
     out: *mut f32,
     ldo: usize,
     valid: usize,
+    prefetch: Prefetch,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for kk in 0..k {
+        prefetch.step(kk);
         let lo = E::load8(w.add(kk * wstride));
         let hi = E::load8(w.add(kk * wstride + 8));
         for (r, row) in acc.iter_mut().enumerate() {
@@ -128,7 +157,8 @@ unsafe fn tile256<E: Load, const R: usize>(
     }
 }
 
-type Tile<E> = unsafe fn(*const f32, usize, *const E, usize, usize, *mut f32, usize, usize);
+type Tile<E> =
+    unsafe fn(*const f32, usize, *const E, usize, usize, *mut f32, usize, usize, Prefetch);
 
 const MAX_R512: usize = 6;
 const MAX_P512: usize = 4;
@@ -178,14 +208,35 @@ unsafe fn walk<E: Load>(
         out,
     } = job;
     let total = n.div_ceil(PANEL);
+    let tiles = rows.div_ceil(max_r);
     let mut p = panels.start;
     while p < panels.end {
         let np = max_p.min(panels.end - p);
         let (offset, wstride) = panel_layout(p, k, total);
         let valid = n - (p + np - 1) * PANEL;
+        // The next group this walk reads, shared out over this group's row tiles.
+        let next = p + np;
+        let next_lines = if next < panels.end {
+            let (_, next_stride) = panel_layout(next, k, total);
+            (k * next_stride * std::mem::size_of::<E>()).div_ceil(64)
+        } else {
+            0
+        };
+        let lines_per_tile = next_lines.div_ceil(tiles);
+        let lines_per_step = lines_per_tile.div_ceil(k.max(1));
         let mut r = 0;
+        let mut t = 0;
         while r < rows {
             let nr = max_r.min(rows - r);
+            let prefetch = if next_lines == 0 {
+                Prefetch::NONE
+            } else {
+                Prefetch {
+                    at: (w.wrapping_add(panel_layout(next, k, total).0) as *const u8)
+                        .wrapping_add(t * lines_per_tile * 64),
+                    lines_per_step,
+                }
+            };
             tile(nr, np)(
                 x.add(r * k),
                 k,
@@ -195,8 +246,10 @@ unsafe fn walk<E: Load>(
                 out.add(r * n + p * PANEL),
                 n,
                 valid,
+                prefetch,
             );
             r += nr;
+            t += 1;
         }
         p += np;
     }
