@@ -286,6 +286,10 @@ impl Flamingo {
     /// Pixels -> image latents, one row per image. Images are independent, so any batching of
     /// them gives the same latents.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.encode_images_on_pool(pixels))
+    }
+
+    fn encode_images_on_pool(&self, pixels: &Tensor) -> Result<Tensor> {
         let n = pixels.dim(0)?;
         if !self.device.is_cpu() {
             // A GPU wants the whole batch at once.
@@ -297,7 +301,7 @@ impl Flamingo {
         // between threads inside the tower); the images left over split each kernel over the pool.
         let one = |i: usize| self.resample(&self.vision_tokens(&pixels.narrow(0, i, 1)?)?);
         let threads = rayon::current_num_threads().max(1);
-        let side_by_side = if rayon::current_thread_index().is_none() {
+        let side_by_side = if !crate::kernels::in_serial() {
             n - n % threads
         } else {
             0
@@ -307,7 +311,7 @@ impl Flamingo {
             (0..side_by_side)
                 .into_par_iter()
                 .with_max_len(1)
-                .map(one)
+                .map(|i| crate::kernels::serial(|| one(i)))
                 .collect::<Result<Vec<_>>>()?
         };
         for i in side_by_side..n {
@@ -347,6 +351,15 @@ impl Flamingo {
     /// One forward over the new tokens of several sequences, appending to their caches.
     /// Returns logits (f32) for the last token of each input, or for every token.
     pub fn forward(
+        &self,
+        inputs: &mut [PackedInput],
+        logits_for: LogitsFor,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.forward_on_pool(inputs, logits_for, trace))
+    }
+
+    fn forward_on_pool(
         &self,
         inputs: &mut [PackedInput],
         logits_for: LogitsFor,

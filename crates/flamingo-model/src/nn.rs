@@ -120,23 +120,26 @@ fn host_attention(
     }
     let mut out = vec![0f32; qv.len()];
     out.par_chunks_mut(tq * d).enumerate().for_each(|(b, out)| {
-        let keys = PackedMatrix::new(&kv[b * tk * d..(b + 1) * tk * d], tk, d, WeightDtype::F32);
-        let mut scores = vec![0f32; tq * tk];
-        keys.matmul(&qv[b * tq * d..(b + 1) * tq * d], tq, None, &mut scores);
-        let softmax_scale = match &mask {
-            Some(m) => {
-                scores
-                    .iter_mut()
-                    .zip(m)
-                    .for_each(|(s, m)| *s = *s * scale + m);
-                1.0
-            }
-            None => scale,
-        };
-        softmax_rows(&mut scores, tk, softmax_scale);
-        let values = &vv[b * tk * d..(b + 1) * tk * d];
-        PackedMatrix::from_transposed(values, d, tk, WeightDtype::F32)
-            .matmul(&scores, tq, None, out);
+        crate::kernels::serial(|| {
+            let keys =
+                PackedMatrix::new(&kv[b * tk * d..(b + 1) * tk * d], tk, d, WeightDtype::F32);
+            let mut scores = vec![0f32; tq * tk];
+            keys.matmul(&qv[b * tq * d..(b + 1) * tq * d], tq, None, &mut scores);
+            let softmax_scale = match &mask {
+                Some(m) => {
+                    scores
+                        .iter_mut()
+                        .zip(m)
+                        .for_each(|(s, m)| *s = *s * scale + m);
+                    1.0
+                }
+                None => scale,
+            };
+            softmax_rows(&mut scores, tk, softmax_scale);
+            let values = &vv[b * tk * d..(b + 1) * tk * d];
+            PackedMatrix::from_transposed(values, d, tk, WeightDtype::F32)
+                .matmul(&scores, tq, None, out);
+        })
     });
     Tensor::from_vec(out, dims, q.device())
 }

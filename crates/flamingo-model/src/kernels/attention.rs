@@ -148,31 +148,33 @@ pub fn causal_attention(
     let out_ptr = SharedOut::new(out);
     let q_rot = &q_rot;
     tasks.par_iter().for_each(|&(s, h)| {
-        let keys = s.cache.head(&s.cache.k, h / group, hd);
-        let values = s.cache.head(&s.cache.v, h / group, hd);
-        let first_pos = s.cache.len - s.len;
-        let mut scores = Vec::with_capacity(s.cache.len);
-        let mut acc = vec![0f32; hd];
-        for t in 0..s.len {
-            let row = s.start + t;
-            let qh = &q_rot[row * qw + h * hd..row * qw + (h + 1) * hd];
-            let visible = first_pos + t + 1;
-            scores.clear();
-            scores.extend(
-                keys[..visible * hd]
-                    .chunks_exact(hd)
-                    .map(|kj| dot(qh, kj) * scale),
-            );
-            let max = lanes(&scores, f32::NEG_INFINITY, f32::max, f32::max);
-            scores.iter_mut().for_each(|s| *s = exp(*s - max));
-            let sum = lanes(&scores, 0.0, |a, s| a + s, |a, b| a + b);
-            acc.fill(0.0);
-            for (p, vj) in scores.iter().zip(values.chunks_exact(hd)) {
-                axpy(*p / sum, vj, &mut acc);
+        super::serial(|| {
+            let keys = s.cache.head(&s.cache.k, h / group, hd);
+            let values = s.cache.head(&s.cache.v, h / group, hd);
+            let first_pos = s.cache.len - s.len;
+            let mut scores = Vec::with_capacity(s.cache.len);
+            let mut acc = vec![0f32; hd];
+            for t in 0..s.len {
+                let row = s.start + t;
+                let qh = &q_rot[row * qw + h * hd..row * qw + (h + 1) * hd];
+                let visible = first_pos + t + 1;
+                scores.clear();
+                scores.extend(
+                    keys[..visible * hd]
+                        .chunks_exact(hd)
+                        .map(|kj| dot(qh, kj) * scale),
+                );
+                let max = lanes(&scores, f32::NEG_INFINITY, f32::max, f32::max);
+                scores.iter_mut().for_each(|s| *s = exp(*s - max));
+                let sum = lanes(&scores, 0.0, |a, s| a + s, |a, b| a + b);
+                acc.fill(0.0);
+                for (p, vj) in scores.iter().zip(values.chunks_exact(hd)) {
+                    axpy(*p / sum, vj, &mut acc);
+                }
+                // SAFETY: each task writes only its own head's columns of its own sequence's rows.
+                unsafe { out_ptr.write(row * qw + h * hd, &acc) };
             }
-            // SAFETY: each task writes only its own head's columns of its own sequence's rows.
-            unsafe { out_ptr.write(row * qw + h * hd, &acc) };
-        }
+        })
     });
 }
 

@@ -66,7 +66,7 @@ pub fn erf(x: f32) -> f32 {
 }
 
 fn for_chunks(data: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
-    if data.len() <= CHUNK {
+    if data.len() <= CHUNK || super::in_serial() {
         f(data);
     } else {
         data.par_chunks_mut(CHUNK).for_each(f);
@@ -124,7 +124,7 @@ pub fn softmax_rows(data: &mut [f32], row_len: usize, scale: f32) {
             row.iter_mut().for_each(|v| *v *= inv);
         }
     };
-    if data.len() <= CHUNK {
+    if data.len() <= CHUNK || super::in_serial() {
         one(data);
     } else {
         data.par_chunks_mut(rows_per_chunk * row_len).for_each(one);

@@ -71,6 +71,40 @@ impl Isa {
     }
 }
 
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every kernel it calls on this thread single-threaded: for callers that already
+/// split their work over the pool (attention heads, whole images side by side), where splitting
+/// each kernel again would only add hand-offs.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether kernels called here should stay on this thread (see [`serial`]).
+pub fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
+/// Runs `f` on a thread of the kernels' pool, so that the many short parallel calls it makes
+/// (one per layer and projection in a decode step) are shared out from inside the pool instead of
+/// each one waking the calling thread back up through the OS when it ends.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 pub fn best_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(Isa::detect)
@@ -116,4 +150,34 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serial_region_ends_with_its_closure_even_when_it_panics() {
+        assert!(!in_serial());
+        serial(|| {
+            assert!(in_serial());
+            serial(|| assert!(in_serial()));
+            assert!(in_serial(), "an inner region must not end the outer one");
+        });
+        assert!(!in_serial());
+        let caught = std::panic::catch_unwind(|| serial(|| panic!("inside")));
+        assert!(caught.is_err());
+        assert!(
+            !in_serial(),
+            "a panic must not leave kernels single-threaded"
+        );
+    }
+
+    #[test]
+    fn on_pool_runs_the_closure_on_a_pool_thread() {
+        assert_eq!(rayon::current_thread_index(), None);
+        let (index, value) = on_pool(|| (rayon::current_thread_index(), 41 + 1));
+        assert!(index.is_some());
+        assert_eq!(value, 42);
+    }
 }

@@ -142,7 +142,7 @@ fn pack<E: Elem>(src: Source, n: usize, k: usize) -> Vec<Line> {
             }
         }
     };
-    if elems >= PARALLEL_PACK_MIN {
+    if elems >= PARALLEL_PACK_MIN && !super::in_serial() {
         dst.par_chunks_mut(GROUP * PANEL * k)
             .enumerate()
             .for_each(fill);
@@ -267,9 +267,7 @@ impl PackedMatrix {
             }
         };
         let threads = rayon::current_num_threads();
-        // On a pool thread the caller already split the work (e.g. attention over heads).
-        let nested = rayon::current_thread_index().is_some();
-        if threads <= 1 || nested || m * n * k < PARALLEL_MIN_FMAS {
+        if threads <= 1 || super::in_serial() || m * n * k < PARALLEL_MIN_FMAS {
             task((0, m), (0, panels));
             return;
         }
