@@ -57,6 +57,13 @@ pub async fn run(cfg: Config, hooks: TestHooks) -> Result<Stopped, String> {
     });
 
     let mut graceful = stop_rx.clone();
+    // Streamed tokens are small writes: without TCP_NODELAY, Nagle holds each one back until the
+    // client acknowledges the previous segment, and a delayed ACK makes that ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, crate::app::app(state)).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|s| *s).await;
     });
