@@ -317,9 +317,6 @@ impl Flamingo {
         for i in side_by_side..n {
             parts.push(one(i)?);
         }
-        if parts.len() == 1 {
-            return Ok(parts.remove(0));
-        }
         Ok(Tensor::cat(&parts, 0)?)
     }
 

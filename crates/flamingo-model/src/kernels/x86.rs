@@ -65,7 +65,7 @@ impl Prefetch {
 
     #[inline(always)]
     unsafe fn step(self, kk: usize) {
-        // A prefetch never faults, whatever the address; the pointer arithmetic stays in bounds.
+        // A prefetch never faults, whatever the address, and wrapping arithmetic is defined.
         let line = self.at.wrapping_add(kk * self.lines_per_step * 64);
         for j in 0..self.lines_per_step.min(4) {
             _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(j * 64) as *const i8);
@@ -216,11 +216,12 @@ unsafe fn walk<E: Load>(
         let valid = n - (p + np - 1) * PANEL;
         // The next group this walk reads, shared out over this group's row tiles.
         let next = p + np;
-        let next_lines = if next < panels.end {
-            let (_, next_stride) = panel_layout(next, k, total);
-            (k * next_stride * std::mem::size_of::<E>()).div_ceil(64)
+        let (next_at, next_lines) = if next < panels.end {
+            let (next_offset, next_stride) = panel_layout(next, k, total);
+            let bytes = k * next_stride * std::mem::size_of::<E>();
+            (w.wrapping_add(next_offset) as *const u8, bytes.div_ceil(64))
         } else {
-            0
+            (std::ptr::null(), 0)
         };
         let lines_per_tile = next_lines.div_ceil(tiles);
         let lines_per_step = lines_per_tile.div_ceil(k.max(1));
@@ -232,8 +233,7 @@ unsafe fn walk<E: Load>(
                 Prefetch::NONE
             } else {
                 Prefetch {
-                    at: (w.wrapping_add(panel_layout(next, k, total).0) as *const u8)
-                        .wrapping_add(t * lines_per_tile * 64),
+                    at: next_at.wrapping_add(t * lines_per_tile * 64),
                     lines_per_step,
                 }
             };
