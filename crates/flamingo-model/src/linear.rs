@@ -180,9 +180,7 @@ impl CustomOp1 for PackedLinear<'_> {
         }
         let m = (end - start).checked_div(k).unwrap_or(0);
         let n = self.weight.out_dim();
-        let mut out = vec![0f32; m * n];
-        self.weight
-            .matmul(&values[start..end], m, self.bias, &mut out);
+        let out = self.weight.matmul_to_vec(&values[start..end], m, self.bias);
         let mut shape = dims[..dims.len() - 1].to_vec();
         shape.push(n);
         Ok((CpuStorage::F32(out), Shape::from(shape)))

@@ -267,8 +267,8 @@ impl DecoderLayer {
         let attn = self
             .self_attn
             .forward(&x.apply(&self.input_layernorm)?, rows, rotary)?;
-        let x = (x + attn)?;
+        let x = crate::nn::add(x, &attn)?;
         let mlp = x.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
-        x + mlp
+        crate::nn::add(&x, &mlp)
     }
 }

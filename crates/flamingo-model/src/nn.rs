@@ -84,6 +84,78 @@ pub fn attention(
         .matmul(v)
 }
 
+/// Multi-head attention of projection outputs whose rows hold the heads side by side: queries
+/// are columns `q.1..` of `q.0 [N, Tq, *]`, keys and values columns `k.1..`, `v.1..` of
+/// `[N, Tk, *]` (they may all be one stacked projection). Returns `[N, Tq, heads · head_dim]`,
+/// the heads merged, as `merge_heads(attention(split_heads(q), split_heads(k), split_heads(v)))`.
+pub fn attention_heads(
+    q: (&Tensor, usize),
+    k: (&Tensor, usize),
+    v: (&Tensor, usize),
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let width = heads * head_dim;
+    if [q.0, k.0, v.0]
+        .iter()
+        .all(|t| is_host_f32(t) && t.rank() == 3)
+    {
+        return host_attention_heads(q, k, v, heads, head_dim, scale as f32);
+    }
+    let part = |(t, col): (&Tensor, usize)| split_heads(&t.narrow(2, col, width)?, heads);
+    merge_heads(&attention(&part(q)?, &part(k)?, &part(v)?, scale, None)?)
+}
+
+fn host_attention_heads(
+    q: (&Tensor, usize),
+    k: (&Tensor, usize),
+    v: (&Tensor, usize),
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    use crate::kernels::heads::multi_head_attention;
+    let (q_t, k_t, v_t) = (q.0.contiguous()?, k.0.contiguous()?, v.0.contiguous()?);
+    let (items, tq, q_stride) = q_t.dims3()?;
+    let (k_items, tk, k_stride) = k_t.dims3()?;
+    let (v_items, tv, v_stride) = v_t.dims3()?;
+    let width = heads * head_dim;
+    if k_items != items
+        || v_items != items
+        || tv != tk
+        || q.1 + width > q_stride
+        || k.1 + width > k_stride
+        || v.1 + width > v_stride
+        || tq == 0
+        || tk == 0
+    {
+        candle_core::bail!(
+            "attention: q {:?}@{}, k {:?}@{}, v {:?}@{} do not hold {heads} heads of {head_dim}",
+            q_t.dims(),
+            q.1,
+            k_t.dims(),
+            k.1,
+            v_t.dims(),
+            v.1
+        );
+    }
+    let (q_guard, q_layout) = q_t.storage_and_layout();
+    let (k_guard, k_layout) = k_t.storage_and_layout();
+    let (v_guard, v_layout) = v_t.storage_and_layout();
+    let out = multi_head_attention(
+        head_rows(&q_guard, q_layout, tq, q_stride, q.1)?,
+        head_rows(&k_guard, k_layout, tk, k_stride, k.1)?,
+        head_rows(&v_guard, v_layout, tk, v_stride, v.1)?,
+        items,
+        heads,
+        head_dim,
+        scale,
+        None,
+    );
+    Tensor::from_vec(out, (items, tq, width), q.0.device())
+}
+
 fn is_host_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
@@ -169,6 +241,73 @@ impl candle_core::CustomOp1 for HostMap {
         (self.f)(&mut out);
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
+}
+
+/// The rows of a contiguous f32 CPU tensor's storage as [`HeadRows`].
+fn head_rows<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+    rows: usize,
+    stride: usize,
+    col: usize,
+) -> Result<crate::kernels::heads::HeadRows<'a>> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) => {
+            Ok(crate::kernels::heads::HeadRows {
+                data: &data[a..b],
+                rows,
+                stride,
+                col,
+            })
+        }
+        _ => candle_core::bail!("attention: expected contiguous f32 CPU tensors"),
+    }
+}
+
+/// `a + b` of two CPU tensors of one shape.
+struct HostAdd;
+
+impl candle_core::CustomOp2 for HostAdd {
+    fn name(&self) -> &'static str {
+        "host-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &candle_core::CpuStorage,
+        a_layout: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        b_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage::F32;
+        let (F32(a), F32(b), Some((a0, a1)), Some((b0, b1))) = (
+            a,
+            b,
+            a_layout.contiguous_offsets(),
+            b_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("host-add: expected two contiguous f32 tensors");
+        };
+        if a_layout.shape() != b_layout.shape() {
+            candle_core::bail!(
+                "host-add: shapes {:?} and {:?} differ",
+                a_layout.shape(),
+                b_layout.shape()
+            );
+        }
+        let out = crate::kernels::elementwise::add(&a[a0..a1], &b[b0..b1]);
+        Ok((F32(out), a_layout.shape().clone()))
+    }
+}
+
+/// `a + b` for the residual stream. On the CPU our own add: candle's runs big tensors on a
+/// second, spinning thread pool that competes with the kernels' pool for the same cores and
+/// serialises its callers (images encoded side by side would take turns).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if is_host_f32(a) && is_host_f32(b) && a.shape() == b.shape() {
+        return a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &HostAdd);
+    }
+    a + b
 }
 
 /// OpenAI CLIP's activation: x * sigmoid(1.702 x).

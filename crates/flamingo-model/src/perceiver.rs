@@ -8,7 +8,7 @@ use crate::linear::Linear;
 
 use crate::config::ResamplerConfig;
 
-use crate::nn::{activation_vb, attention, layer_norm, merge_heads, split_heads, FeedForward};
+use crate::nn::{activation_vb, add, attention_heads, layer_norm, FeedForward};
 
 struct PerceiverAttention {
     norm_media: LayerNorm,
@@ -39,12 +39,18 @@ impl PerceiverAttention {
         let inner = self.heads * self.dim_head;
         let media = x.apply(&self.norm_media)?;
         let lat = latents.apply(&self.norm_latents)?;
-        let q = split_heads(&lat.apply(&self.to_q)?, self.heads)?;
+        let q = lat.apply(&self.to_q)?;
         let kv = Tensor::cat(&[&media, &lat], 1)?.apply(&self.to_kv)?;
-        let k = split_heads(&kv.narrow(2, 0, inner)?, self.heads)?;
-        let v = split_heads(&kv.narrow(2, inner, inner)?, self.heads)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
-        merge_heads(&attention(&q, &k, &v, scale, None)?)?.apply(&self.to_out)
+        attention_heads(
+            (&q, 0),
+            (&kv, 0),
+            (&kv, inner),
+            self.heads,
+            self.dim_head,
+            scale,
+        )?
+        .apply(&self.to_out)
     }
 }
 
@@ -83,8 +89,8 @@ impl PerceiverResampler {
             .broadcast_as((n, l, d))?
             .contiguous()?;
         for (attn, ff) in &self.layers {
-            latents = (attn.forward(x, &latents)? + &latents)?;
-            latents = (ff.forward(&latents)? + &latents)?;
+            latents = add(&attn.forward(x, &latents)?, &latents)?;
+            latents = add(&ff.forward(&latents)?, &latents)?;
         }
         latents.apply(&self.norm)
     }

@@ -7,7 +7,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use crate::config::VisionConfig;
 use crate::linear::Linear;
 
-use crate::nn::{activation_vb, attention, layer_norm, merge_heads, quick_gelu, split_heads};
+use crate::nn::{activation_vb, add, attention_heads, layer_norm, quick_gelu};
 
 struct ResidualBlock {
     ln_1: LayerNorm,
@@ -43,14 +43,21 @@ impl ResidualBlock {
         let h = x.apply(&self.ln_1)?;
         // Packed rows are [q; k; v] along the output dim (nn.MultiheadAttention layout).
         let qkv = h.apply(&self.in_proj)?;
-        let part = |i: usize| split_heads(&qkv.narrow(2, i * width, width)?, self.heads);
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scale = 1.0 / ((width / self.heads) as f64).sqrt();
-        let attn = merge_heads(&attention(&q, &k, &v, scale, None)?)?.apply(&self.out_proj)?;
-        let x = (x + attn)?;
+        let head_dim = width / self.heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let attn = attention_heads(
+            (&qkv, 0),
+            (&qkv, width),
+            (&qkv, 2 * width),
+            self.heads,
+            head_dim,
+            scale,
+        )?
+        .apply(&self.out_proj)?;
+        let x = add(x, &attn)?;
         let mlp = x.apply(&self.ln_2)?.apply(&self.c_fc)?;
         let mlp = quick_gelu(&mlp)?.apply(&self.c_proj)?;
-        &x + mlp
+        add(&x, &mlp)
     }
 }
 

@@ -91,6 +91,20 @@ pub fn gelu_erf(data: &mut [f32]) {
     });
 }
 
+/// `a + b` element by element (the residual stream's add), into a new vector.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "add: lengths differ");
+    if a.len() <= CHUNK || super::in_serial() {
+        a.iter().zip(b).map(|(a, b)| a + b).collect()
+    } else {
+        a.par_iter()
+            .zip(b)
+            .with_min_len(CHUNK)
+            .map(|(a, b)| a + b)
+            .collect()
+    }
+}
+
 /// A reduction in 16 independent lanes, combined at the end (vectorises; a single running
 /// accumulator would not).
 #[inline(always)]

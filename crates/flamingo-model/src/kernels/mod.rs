@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod heads;
 mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -101,11 +101,12 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-/// Where the weight comes from: `[n, k]` rows (nn.Linear) or its transpose `[k, n]`.
+/// Where the weight comes from: `[n, k]` rows (nn.Linear) or its transpose `[k, n]`, each row
+/// `stride` values after the previous one (a head's columns inside wider projection rows).
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Rows(&'a [f32]),
-    Transposed(&'a [f32]),
+    Rows { w: &'a [f32], stride: usize },
+    Transposed { w: &'a [f32], stride: usize },
 }
 
 /// Packs in parallel for large weights; small ones (attention operands built per call) inline.
@@ -127,13 +128,13 @@ fn pack<E: Elem>(src: Source, n: usize, k: usize) -> Vec<Line> {
             for kk in 0..k {
                 let out = &mut group[offset + kk * stride..][..lanes];
                 match src {
-                    Source::Rows(w) => {
+                    Source::Rows { w, stride } => {
                         for (lane, o) in out.iter_mut().enumerate() {
-                            *o = E::from_f32(w[(p * PANEL + lane) * k + kk]);
+                            *o = E::from_f32(w[(p * PANEL + lane) * stride + kk]);
                         }
                     }
-                    Source::Transposed(w) => {
-                        let row = &w[kk * n + p * PANEL..][..lanes];
+                    Source::Transposed { w, stride } => {
+                        let row = &w[kk * stride + p * PANEL..][..lanes];
                         for (o, v) in out.iter_mut().zip(row) {
                             *o = E::from_f32(*v);
                         }
@@ -161,7 +162,17 @@ impl PackedMatrix {
             "weight has {} values, expected {n}x{k}",
             w.len()
         );
-        Self::packed(Source::Rows(w), n, k, dtype)
+        Self::packed(Source::Rows { w, stride: k }, n, k, dtype)
+    }
+
+    /// Like [`PackedMatrix::new`] with row `i` at `w[i * stride..][..k]`.
+    pub fn new_strided(w: &[f32], n: usize, k: usize, stride: usize, dtype: WeightDtype) -> Self {
+        assert!(
+            stride >= k && (n == 0 || w.len() >= (n - 1) * stride + k),
+            "{} values do not hold {n} rows of {k} every {stride}",
+            w.len()
+        );
+        Self::packed(Source::Rows { w, stride }, n, k, dtype)
     }
 
     /// From `w_t`, the row-major `[k, n]` transpose (e.g. attention values `[tokens, dim]` as
@@ -173,7 +184,24 @@ impl PackedMatrix {
             "weight has {} values, expected {k}x{n}",
             w_t.len()
         );
-        Self::packed(Source::Transposed(w_t), n, k, dtype)
+        Self::packed(Source::Transposed { w: w_t, stride: n }, n, k, dtype)
+    }
+
+    /// Like [`PackedMatrix::from_transposed`] with row `i` of the transpose at
+    /// `w_t[i * stride..][..n]`.
+    pub fn from_transposed_strided(
+        w_t: &[f32],
+        n: usize,
+        k: usize,
+        stride: usize,
+        dtype: WeightDtype,
+    ) -> Self {
+        assert!(
+            stride >= n && (k == 0 || w_t.len() >= (k - 1) * stride + n),
+            "{} values do not hold {k} rows of {n} every {stride}",
+            w_t.len()
+        );
+        Self::packed(Source::Transposed { w: w_t, stride }, n, k, dtype)
     }
 
     fn packed(src: Source, n: usize, k: usize, dtype: WeightDtype) -> Self {
@@ -206,6 +234,22 @@ impl PackedMatrix {
         self.matmul_with(super::best_isa(), x, m, bias, out)
     }
 
+    /// [`PackedMatrix::matmul`] into a new vector (written once, never zero-filled first).
+    pub fn matmul_to_vec(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        let mut out = Vec::with_capacity(m * self.n);
+        // SAFETY: x holds m rows of k; `out` has room for m rows of n, and the tiles store every
+        // one of those elements before the length covers them.
+        unsafe {
+            self.matmul_strided(x.as_ptr(), self.k, m, out.as_mut_ptr(), self.n);
+            out.set_len(m * self.n);
+        }
+        if let Some(b) = bias {
+            add_bias(&mut out, b);
+        }
+        out
+    }
+
     pub fn matmul_with(
         &self,
         isa: Isa,
@@ -217,33 +261,67 @@ impl PackedMatrix {
         assert!(isa.runs_here(), "{isa:?} is not supported by this CPU");
         assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
         assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
-        match &self.panels {
-            Panels::F32(l) => self.run::<f32>(isa, l, x, m, out),
-            Panels::F16(l) => self.run::<f16>(isa, l, x, m, out),
-            Panels::BF16(l) => self.run::<bf16>(isa, l, x, m, out),
-        }
+        // SAFETY: the asserts above: x holds m rows of k, out m rows of n.
+        unsafe { self.dispatch(isa, x.as_ptr(), self.k, m, out.as_mut_ptr(), self.n) };
         if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "bias length");
-            for row in out.chunks_exact_mut(self.n) {
-                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-            }
+            add_bias(out, b);
         }
     }
 
-    fn run<E: Elem + KernelElem>(
+    /// `out[i * ldo..][..n] = x[i * ldx..][..k] · Wᵀ` for rows `i < m`: rows read from inside
+    /// wider rows and written into wider rows (one head of a multi-head projection).
+    ///
+    /// # Safety
+    /// `x` is valid for reads of `m` rows of `k` every `ldx`, `out` for writes of `m` rows of `n`
+    /// every `ldo`, and nothing else touches those output elements during the call.
+    pub unsafe fn matmul_strided(
+        &self,
+        x: *const f32,
+        ldx: usize,
+        m: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        assert!(
+            ldx >= self.k && ldo >= self.n,
+            "row strides shorter than rows"
+        );
+        self.dispatch(super::best_isa(), x, ldx, m, out, ldo)
+    }
+
+    unsafe fn dispatch(
+        &self,
+        isa: Isa,
+        x: *const f32,
+        ldx: usize,
+        m: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        match &self.panels {
+            Panels::F32(l) => self.run::<f32>(isa, l, x, ldx, m, out, ldo),
+            Panels::F16(l) => self.run::<f16>(isa, l, x, ldx, m, out, ldo),
+            Panels::BF16(l) => self.run::<bf16>(isa, l, x, ldx, m, out, ldo),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run<E: Elem + KernelElem>(
         &self,
         isa: Isa,
         lines: &[Line],
-        x: &[f32],
+        x: *const f32,
+        ldx: usize,
         m: usize,
-        out: &mut [f32],
+        out: *mut f32,
+        ldo: usize,
     ) {
         if m == 0 || self.n == 0 {
             return;
         }
         let (n, k) = (self.n, self.k);
         let panels = n.div_ceil(PANEL);
-        let out_ptr = SharedOut::new(out);
+        let (x, out_ptr) = (SharedIn(x), SharedOut(out));
         // One task: rows r0..r1 (in L2-sized blocks) against panels p0..p1.
         let task = |(r0, r1): (usize, usize), (p0, p1): (usize, usize)| {
             for b0 in (r0..r1).step_by(ROW_BLOCK) {
@@ -254,13 +332,15 @@ impl PackedMatrix {
                     E::block(
                         isa,
                         Block {
-                            x: x.as_ptr().add(b0 * k),
+                            x: x.at(b0 * ldx),
+                            ldx,
                             rows,
                             w: lines.as_ptr() as *const E,
                             k,
                             panels: p0..p1,
                             n,
-                            out: out_ptr.at(b0 * n),
+                            out: out_ptr.at(b0 * ldo),
+                            ldo,
                         },
                     )
                 };
@@ -289,6 +369,12 @@ impl PackedMatrix {
     }
 }
 
+fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+    }
+}
+
 /// How many row ranges × panel-group ranges to cut a call into: about four tasks per thread
 /// (so uneven ones even out), splitting rows only in whole row blocks and preferring column
 /// splits, which keep every weight read once.
@@ -301,16 +387,33 @@ fn split_work(m: usize, panels: usize, threads: usize) -> (usize, usize) {
     (row_splits, col_splits)
 }
 
-/// One unit of work for a tile walker: `rows` rows of `x` (stride `k`) against panels
-/// `panels` of the packed weight `w`, written into `out` (rows of stride `n`).
+/// Input rows shared by parallel tasks (read only).
+#[derive(Clone, Copy)]
+struct SharedIn(*const f32);
+
+// SAFETY: only read, while the caller keeps the rows alive and unchanged for the call.
+unsafe impl Send for SharedIn {}
+unsafe impl Sync for SharedIn {}
+
+impl SharedIn {
+    /// A method so closures capture the Sync wrapper. # Safety: `offset` is in bounds.
+    unsafe fn at(self, offset: usize) -> *const f32 {
+        self.0.add(offset)
+    }
+}
+
+/// One unit of work for a tile walker: `rows` rows of `x` (stride `ldx`) against panels
+/// `panels` of the packed weight `w`, written into `out` (rows of stride `ldo`).
 pub struct Block<E> {
     pub x: *const f32,
+    pub ldx: usize,
     pub rows: usize,
     pub w: *const E,
     pub k: usize,
     pub panels: std::ops::Range<usize>,
     pub n: usize,
     pub out: *mut f32,
+    pub ldo: usize,
 }
 
 /// Dispatch from a weight element type to the tile implementations of each instruction set.
@@ -338,12 +441,14 @@ pub trait KernelElem: Elem {
 unsafe fn portable_block<E: Elem>(job: Block<E>) {
     let Block {
         x,
+        ldx,
         rows,
         w,
         k,
         panels,
         n,
         out,
+        ldo,
     } = job;
     let total = n.div_ceil(PANEL);
     for p in panels {
@@ -351,12 +456,12 @@ unsafe fn portable_block<E: Elem>(job: Block<E>) {
         let panel = w.add(offset);
         for lane in 0..PANEL.min(n - p * PANEL) {
             for r in 0..rows {
-                let xr = x.add(r * k);
+                let xr = x.add(r * ldx);
                 let mut acc = 0f32;
                 for kk in 0..k {
                     acc = (*xr.add(kk)).mul_add((*panel.add(kk * stride + lane)).to_f32(), acc);
                 }
-                *out.add(r * n + p * PANEL + lane) = acc;
+                *out.add(r * ldo + p * PANEL + lane) = acc;
             }
         }
     }
@@ -478,6 +583,45 @@ mod tests {
         PackedMatrix::new(&w, n, k, WeightDtype::F32).matmul(&x, m, None, &mut a);
         PackedMatrix::from_transposed(&w_t, n, k, WeightDtype::F32).matmul(&x, m, None, &mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn strided_rows_in_and_out_give_the_same_bits_as_contiguous_ones() {
+        let (m, n, k, pad) = (7, 37, 21, 5);
+        let (x, w) = (values(m * k, 13), values(n * k, 14));
+        let mut expect = vec![0f32; m * n];
+        PackedMatrix::new(&w, n, k, WeightDtype::F32).matmul(&x, m, None, &mut expect);
+        // The same matrices inside wider rows, at a column offset.
+        let widen = |v: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|r| [&[9.0; 2][..], &v[r * cols..(r + 1) * cols], &[9.0; 3][..]].concat())
+                .collect()
+        };
+        let (xs, ws) = (widen(&x, m, k), widen(&w, n, k));
+        let mut w_t = vec![0f32; k * n];
+        for r in 0..n {
+            for c in 0..k {
+                w_t[c * n + r] = w[r * k + c];
+            }
+        }
+        let w_ts = widen(&w_t, k, n);
+        for packed in [
+            PackedMatrix::new_strided(&ws[2..], n, k, k + pad, WeightDtype::F32),
+            PackedMatrix::from_transposed_strided(&w_ts[2..], n, k, n + pad, WeightDtype::F32),
+        ] {
+            let ldo = n + 4;
+            let mut out = vec![f32::NAN; m * ldo];
+            // SAFETY: xs holds m rows of k every k + pad from offset 2; out m rows of ldo.
+            unsafe { packed.matmul_strided(xs[2..].as_ptr(), k + pad, m, out.as_mut_ptr(), ldo) };
+            for r in 0..m {
+                assert_eq!(
+                    &out[r * ldo..r * ldo + n],
+                    &expect[r * n..(r + 1) * n],
+                    "row {r}"
+                );
+                assert!(out[r * ldo + n..(r + 1) * ldo].iter().all(|v| v.is_nan()));
+            }
+        }
     }
 
     #[test]

@@ -200,12 +200,14 @@ unsafe fn walk<E: Load>(
 ) {
     let Block {
         x,
+        ldx,
         rows,
         w,
         k,
         panels,
         n,
         out,
+        ldo,
     } = job;
     let total = n.div_ceil(PANEL);
     let tiles = rows.div_ceil(max_r);
@@ -238,13 +240,13 @@ unsafe fn walk<E: Load>(
                 }
             };
             tile(nr, np)(
-                x.add(r * k),
-                k,
+                x.add(r * ldx),
+                ldx,
                 w.add(offset),
                 wstride,
                 k,
-                out.add(r * n + p * PANEL),
-                n,
+                out.add(r * ldo + p * PANEL),
+                ldo,
                 valid,
                 prefetch,
             );
