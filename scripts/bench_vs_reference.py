@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--server-bin", default=os.path.join(ROOT, "target/release/flamingo-server"),
+                    help="the server binary to run (e.g. an older build, to compare two builds in one sitting)")
     ap.add_argument("--skip-reference", action="store_true", help="reuse --reference-json instead")
     ap.add_argument("--reference-json")
     a = ap.parse_args()
@@ -96,7 +98,7 @@ def main():
 
     port = free_port()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), FLAMINGO_LIMITS_MAX_QUEUE="1024")
-    proc = subprocess.Popen([os.path.join(ROOT, "target/release/flamingo-server"), "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([a.server_bin, "--host", "127.0.0.1", "--port", str(port),
                              "--model-dir", a.model_dir, "--dtype", a.dtype], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,20 +1,32 @@
 //! Gated cross-attention block (spec §6), in front of every Nth decoder layer, on the residual
 //! stream. Media keys/values depend only on the images, so they are computed once per sequence.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use crate::kernels::{PackedMatrix, SharedOut, WeightDtype};
 use crate::linear::Linear;
 
 use crate::config::XattnConfig;
 
 use crate::nn::{activation_vb, attention, layer_norm, merge_heads, split_heads, FeedForward};
 
-/// Keys and values of one sequence's images for one block: [heads, images * latents, dim_head].
+/// Keys and values of one sequence's images for one block.
 #[derive(Debug, Clone)]
-pub struct MediaKv {
-    pub k: Tensor,
-    pub v: Tensor,
+pub enum MediaKv {
+    /// `[heads, images * latents, dim_head]` each.
+    Tensors { k: Tensor, v: Tensor },
+    /// The CPU form, per image and head (index `image * heads + head`): keys packed for `q·kᵀ`
+    /// and values for `p·v`, once per sequence instead of once per step.
+    Host(Arc<Vec<HeadKv>>),
+}
+
+#[derive(Debug)]
+pub struct HeadKv {
+    keys: PackedMatrix,
+    values: PackedMatrix,
 }
 
 /// The rows of a packed batch that belong to one sequence, with the image each token sees.
@@ -70,7 +82,28 @@ impl GatedCrossAttention {
         let (t, l, d) = media.dims3()?;
         let inner = self.heads * self.dim_head;
         let kv = media.reshape((t * l, d))?.apply(&self.to_kv)?;
-        Ok(MediaKv {
+        if kv.device().is_cpu() && kv.dtype() == DType::F32 {
+            let rows = kv.flatten_all()?.to_vec1::<f32>()?;
+            let (dh, stride) = (self.dim_head, 2 * inner);
+            let heads = (0..t * self.heads)
+                .map(|task| {
+                    let (image, h) = (task / self.heads, task % self.heads);
+                    let at = image * l * stride + h * dh;
+                    HeadKv {
+                        keys: PackedMatrix::new_strided(&rows[at..], l, dh, stride, F32),
+                        values: PackedMatrix::from_transposed_strided(
+                            &rows[at + inner..],
+                            dh,
+                            l,
+                            stride,
+                            F32,
+                        ),
+                    }
+                })
+                .collect();
+            return Ok(MediaKv::Host(Arc::new(heads)));
+        }
+        Ok(MediaKv::Tensors {
             k: split_heads(&kv.narrow(1, 0, inner)?, self.heads)?,
             v: split_heads(&kv.narrow(1, inner, inner)?, self.heads)?,
         })
@@ -83,19 +116,27 @@ impl GatedCrossAttention {
             // A token without an image gets an all-zero attention row and `to_out` has no bias,
             // so sequences that see no image contribute exact zeros.
             let q = x.apply(&self.norm)?.apply(&self.to_q)?;
-            let mut parts = Vec::with_capacity(rows.len());
-            for r in rows {
-                let inner = self.heads * self.dim_head;
-                match r.media.filter(|_| sees_image(r)) {
-                    Some(media) => parts.push(self.attend(
-                        &q.narrow(0, r.start, r.len)?,
-                        r.media_time,
-                        media,
-                    )?),
-                    None => parts.push(Tensor::zeros((r.len, inner), x.dtype(), x.device())?),
+            let host = rows
+                .iter()
+                .all(|r| r.media.is_none_or(|m| matches!(m, MediaKv::Host(_))));
+            let attended = if host && q.dtype() == DType::F32 {
+                self.host_attend(&q, rows)?
+            } else {
+                let mut parts = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let inner = self.heads * self.dim_head;
+                    match r.media.filter(|_| sees_image(r)) {
+                        Some(media) => parts.push(self.attend(
+                            &q.narrow(0, r.start, r.len)?,
+                            r.media_time,
+                            media,
+                        )?),
+                        None => parts.push(Tensor::zeros((r.len, inner), x.dtype(), x.device())?),
+                    }
                 }
-            }
-            let out = Tensor::cat(&parts, 0)?.apply(&self.to_out)?;
+                Tensor::cat(&parts, 0)?
+            };
+            let out = attended.apply(&self.to_out)?;
             (x + out.broadcast_mul(&self.attn_gate)?)?
         } else {
             x.clone()
@@ -104,9 +145,82 @@ impl GatedCrossAttention {
         x + ff
     }
 
+    /// The CPU path, all sequences at once: each run of tokens that sees one image attends to
+    /// that image's latents alone, per head, with keys and values packed once per sequence. The
+    /// same numbers as the masked softmax over every image (a masked score's exp is exactly 0;
+    /// bit for bit when the latent count is a multiple of the softmax's 16 lanes, as 64 is);
+    /// tokens that see no image get zeros.
+    fn host_attend(&self, q: &Tensor, rows: &[XattnRows]) -> Result<Tensor> {
+        let (dh, heads) = (self.dim_head, self.heads);
+        let inner = heads * dh;
+        let queries = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let tokens = queries.len() / inner;
+        // (first row, rows, that image's per-head keys and values)
+        let mut runs: Vec<(usize, usize, &[HeadKv])> = Vec::new();
+        for r in rows {
+            let Some(MediaKv::Host(kv)) = r.media else {
+                continue;
+            };
+            let images = kv.len() / heads;
+            let mut i = 0;
+            while i < r.len {
+                let t = r.media_time[i] as usize;
+                let mut j = i + 1;
+                while j < r.len && r.media_time[j] as usize == t {
+                    j += 1;
+                }
+                if t > 0 {
+                    if t > images {
+                        candle_core::bail!("token sees image {t} of {images}");
+                    }
+                    runs.push((r.start + i, j - i, &kv[(t - 1) * heads..t * heads]));
+                }
+                i = j;
+            }
+        }
+        let mut out = vec![0f32; tokens * inner];
+        let out_ptr = SharedOut::new(&mut out);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let latents = self.num_latents;
+        let one = |(run, h): (usize, usize)| {
+            let (row, n, kv) = runs[run];
+            let HeadKv { keys, values } = &kv[h];
+            crate::kernels::serial(|| {
+                let mut scores = vec![0f32; n * latents];
+                // SAFETY: rows row..row+n of `queries` and `out` are in bounds (runs lie inside
+                // their sequence's rows); this task alone writes head h's columns of them.
+                unsafe {
+                    let at = row * inner + h * dh;
+                    keys.matmul_strided(
+                        queries[at..].as_ptr(),
+                        inner,
+                        n,
+                        scores.as_mut_ptr(),
+                        latents,
+                    );
+                    crate::kernels::elementwise::softmax_rows(&mut scores, latents, scale);
+                    values.matmul_strided(scores.as_ptr(), latents, n, out_ptr.at(at), inner);
+                }
+            })
+        };
+        let tasks: Vec<(usize, usize)> = (0..runs.len())
+            .flat_map(|run| (0..heads).map(move |h| (run, h)))
+            .collect();
+        if crate::kernels::in_serial() || tasks.len() == 1 {
+            tasks.into_iter().for_each(one);
+        } else {
+            use rayon::prelude::*;
+            tasks.into_par_iter().for_each(one);
+        }
+        Tensor::from_vec(out, (tokens, inner), q.device())
+    }
+
     fn attend(&self, q: &Tensor, media_time: &[u32], media: &MediaKv) -> Result<Tensor> {
+        let MediaKv::Tensors { k, v } = media else {
+            candle_core::bail!("cross-attention: packed media keys on a tensor path");
+        };
         let n = q.dim(0)?;
-        let keys = media.k.dim(1)?;
+        let keys = k.dim(1)?;
         // Disallowed scores get -f32::MAX (not -inf) like the reference; rows of tokens with no
         // image are zeroed after the softmax.
         let mut mask = vec![0f32; n * keys];
@@ -126,7 +240,9 @@ impl GatedCrossAttention {
         let keep = Tensor::from_vec(keep, (n, 1), dev)?.to_dtype(q.dtype())?;
         let q = split_heads(q, self.heads)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
-        let out = attention(&q, &media.k, &media.v, scale, Some(&mask))?;
+        let out = attention(&q, k, v, scale, Some(&mask))?;
         merge_heads(&out)?.broadcast_mul(&keep)
     }
 }
+
+const F32: WeightDtype = WeightDtype::F32;
