@@ -224,10 +224,8 @@ struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate_up = x.apply(&self.gate_up_proj)?;
-        let gate = gate_up.narrow(1, 0, self.intermediate)?.silu()?;
-        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?;
-        (gate * up)?.apply(&self.down_proj)
+        crate::nn::silu_mul(&x.apply(&self.gate_up_proj)?, self.intermediate)?
+            .apply(&self.down_proj)
     }
 }
 

@@ -47,15 +47,12 @@ fn max_and_log_sum_exp(logits: &[f32]) -> (f32, f32) {
     (max, sum.ln())
 }
 
-/// Index of the first maximum (torch.argmax's tie rule).
+/// Index of the first maximum (torch.argmax's tie rule; NaNs are passed over). Two vectorised
+/// passes (the maximum, then its first position) instead of a compare-and-branch per element.
 pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
+    use crate::kernels::elementwise::lanes;
+    let max = lanes(values, f32::NEG_INFINITY, f32::max, f32::max);
+    values.iter().position(|&v| v == max).unwrap_or(0)
 }
 
 /// HF `RepetitionPenaltyLogitsProcessor`: divide positive, multiply negative scores of tokens
@@ -157,6 +154,24 @@ fn top_p_filter(logits: &mut [f32], p: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_finds_the_first_maximum_across_lanes_and_tails_and_skips_nans() {
+        let mut v: Vec<f32> = (0..37).map(|i| (i % 7) as f32).collect();
+        v[33] = 9.0;
+        v[35] = 9.0;
+        assert_eq!(
+            argmax(&v),
+            33,
+            "a maximum in the tail past the 16-lane blocks"
+        );
+        v[3] = 9.5;
+        v[19] = 9.5;
+        assert_eq!(argmax(&v), 3);
+        v[0] = f32::NAN;
+        assert_eq!(argmax(&v), 3);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 5]), 0);
+    }
 
     #[test]
     fn greedy_takes_first_maximum() {

@@ -105,6 +105,33 @@ pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     }
 }
 
+/// LLaMA's gated activation from stacked `[gate | up]` rows of `2 · width`: `silu(gate) · up`,
+/// with `silu(g) = g / (1 + e^-g)` as torch computes it.
+pub fn silu_mul(gate_up: &[f32], width: usize) -> Vec<f32> {
+    assert!(
+        width > 0 && gate_up.len().is_multiple_of(2 * width),
+        "silu_mul: ragged rows"
+    );
+    let rows = gate_up.len() / (2 * width);
+    let mut out = vec![0f32; rows * width];
+    let one = |(o, gu): (&mut [f32], &[f32])| {
+        let (g, u) = gu.split_at(width);
+        for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+            *o = *g / (1.0 + exp(-*g)) * u;
+        }
+    };
+    if out.len() <= CHUNK || super::in_serial() {
+        out.chunks_mut(width)
+            .zip(gate_up.chunks(2 * width))
+            .for_each(one);
+    } else {
+        out.par_chunks_mut(width)
+            .zip(gate_up.par_chunks(2 * width))
+            .for_each(one);
+    }
+    out
+}
+
 /// A reduction in 16 independent lanes, combined at the end (vectorises; a single running
 /// accumulator would not).
 #[inline(always)]
@@ -184,6 +211,28 @@ mod tests {
         }
         assert_eq!(erf(10.0), 1.0);
         assert_eq!(erf(-10.0), -1.0);
+    }
+
+    #[test]
+    fn silu_mul_gates_each_rows_up_half_with_silu_of_its_gate_half() {
+        let width = 5;
+        let rows: Vec<f32> = grid(-6.0, 6.0, 3 * 2 * width).collect();
+        let out = silu_mul(&rows, width);
+        assert_eq!(out.len(), 3 * width);
+        for r in 0..3 {
+            for j in 0..width {
+                let (g, u) = (
+                    rows[r * 2 * width + j] as f64,
+                    rows[r * 2 * width + width + j] as f64,
+                );
+                let want = g / (1.0 + (-g).exp()) * u;
+                let got = out[r * width + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "[{r},{j}] {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
