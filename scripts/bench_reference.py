@@ -4,6 +4,9 @@ layout (e.g. the medium random model written by make_medium_openflamingo.py). No
 
 Prompts: 1-image caption `<image>Output:` and a 2-shot prompt with 3 images; 20 greedy tokens, f32.
 Prints per-request latency (preprocess + generate) and the best batched throughput (one batch-N generate).
+With --serve it loads the model once and then runs one case per line read from stdin (`caption_1img`,
+`two_shot_3img` or `batched`), answering each with one JSON line, so that scripts/bench_vs_reference.py
+can alternate it with our server request by request.
 
   <ref-venv>/bin/python scripts/bench_reference.py --model-dir /work/medium/medium-openflamingo --threads 2
 """
@@ -12,6 +15,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -73,12 +77,27 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--serve", action="store_true", help="answer cases named on stdin, one JSON line each")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, processor, tokenizer = load(args.model_dir)
     img = lambda n: os.path.join(args.model_dir, "images", n + ".png")
     cases = {"caption_1img": (CAPTION, [img("gradient")]),
              "two_shot_3img": (TWO_SHOT, [img("gradient"), img("checker"), img("stripes")])}
+    if args.serve:
+        for name, (prompt, paths) in cases.items():
+            request(model, processor, tokenizer, prompt, paths)  # warm-up
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            name = line.strip()
+            prompt, paths = cases["caption_1img" if name == "batched" else name]
+            batch = args.batch if name == "batched" else 1
+            t = time.perf_counter()
+            out = request(model, processor, tokenizer, prompt, paths, batch=batch)
+            dt = time.perf_counter() - t
+            print(json.dumps({"case": name, "seconds": dt, "tokens": out[0].tolist(), "generated": out.numel()}),
+                  flush=True)
+        return
     results = {}
     for name, (prompt, paths) in cases.items():
         request(model, processor, tokenizer, prompt, paths)  # warm-up

@@ -7,11 +7,17 @@ Reports the per-request latency ratio ours/reference (median of --repeats, seque
 each image sent fresh so our image cache cannot help), checks both produce the same token ids, and
 compares throughput of --concurrency simultaneous caption requests through the server against the
 reference's best batched `generate` (one batch of the same size). Our concurrent requests carry
-distinct images (one pixel differs), so every image is encoded, as in the reference; the same run
-with one shared image (cache hits) is printed separately.
+distinct image files (the same pixels with a different tEXt chunk, so a different cache key), so
+every image is encoded, as in the reference; the same run with one shared image (cache hits) is
+printed separately.
+
+--interleave keeps the reference loaded in a second process and alternates the two request by
+request (and batch by batch, --rounds times), so that the other tenants of a shared machine slow
+both sides alike; it reports the median of the per-round ratios next to the medians.
 
   python3 scripts/bench_vs_reference.py --model-dir /work/medium/medium-openflamingo \\
       --ref-python /work/venvs/ref/bin/python [--threads 2] [--repeats 5] [--concurrency 16]
+      [--interleave [--rounds 3]]
 Stdlib only; loopback only; stops by itself.
 """
 import argparse, base64, http.client, json, os, signal, socket, statistics, struct, subprocess, threading, time, zlib
@@ -70,6 +76,95 @@ def concurrent(port, bodies):
     return sum(results), dt
 
 
+def start_server(a):
+    port = free_port()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), FLAMINGO_LIMITS_MAX_QUEUE="1024")
+    proc = subprocess.Popen([a.server_bin, "--host", "127.0.0.1", "--port", str(port),
+                             "--model-dir", a.model_dir, "--dtype", a.dtype], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/ready")
+            if c.getresponse().status == 200: break
+        except OSError: pass
+        time.sleep(0.2)
+    return port, proc
+
+
+def load_cases(model_dir):
+    img = lambda n: open(os.path.join(model_dir, "images", n + ".png"), "rb").read()
+    return {"caption_1img": (CAPTION, [img("gradient")]),
+            "two_shot_3img": (TWO_SHOT, [img("gradient"), img("checker"), img("stripes")])}
+
+
+def interleaved(a):
+    tokens = 20
+    ref = subprocess.Popen([a.ref_python, os.path.join(ROOT, "scripts/bench_reference.py"), "--model-dir", a.model_dir,
+                            "--threads", str(a.threads), "--batch", str(a.concurrency), "--serve"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(case):
+        ref.stdin.write(case + "\n"); ref.stdin.flush()
+        while True:
+            line = ref.stdout.readline()
+            if not line:
+                raise RuntimeError("the reference process ended")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    while True:  # skip the reference's loading chatter up to its ready line
+        line = ref.stdout.readline()
+        if not line:
+            raise RuntimeError("the reference process ended before it was ready")
+        if line.startswith("{") and json.loads(line).get("ready"):
+            break
+    port, proc = start_server(a)
+    try:
+        cases = load_cases(a.model_dir)
+        salt = 0
+        rows = []
+        for name, (prompt, images) in cases.items():
+            salt += 1
+            post(port, body(prompt, [fresh(i, salt) for i in images], tokens))  # warm-up
+            theirs, ours, ratios, same = [], [], [], True
+            for r in range(a.repeats):
+                salt += 1
+                b = body(prompt, [fresh(i, salt) for i in images], tokens)
+                # Alternate who goes first, so a slow spell does not always land on one side.
+                if r % 2 == 0:
+                    t_ref = ask(name); dt, toks = post(port, b)
+                else:
+                    dt, toks = post(port, b); t_ref = ask(name)
+                theirs.append(t_ref["seconds"]); ours.append(dt); ratios.append(dt / t_ref["seconds"])
+                same = same and toks == t_ref["tokens"]
+            rows.append((name, statistics.median(theirs), statistics.median(ours), statistics.median(ratios), same,
+                         ratios))
+        grad = load_cases(a.model_dir)["caption_1img"][1][0]
+        ref_tput, our_tput, tput_ratios = [], [], []
+        for r in range(a.rounds):
+            out = ask("batched")
+            ref_tput.append(out["generated"] / out["seconds"])
+            distinct = [body(CAPTION, [fresh(grad, 1000 * (r + 1) + i)], tokens) for i in range(a.concurrency)]
+            n, dt = concurrent(port, distinct)
+            our_tput.append(n / dt)
+            tput_ratios.append(our_tput[-1] / ref_tput[-1])
+        print(f"{'case (medians; ratio = median of per-round ratios)':<52} {'reference':>10} {'ours':>10} {'ours/ref':>9}")
+        for name, theirs, ours, ratio, same, ratios in rows:
+            print(f"{name + ' latency (ms)':<52} {theirs * 1e3:>10.0f} {ours * 1e3:>10.0f} {ratio:>9.2f}"
+                  f"{'' if same else '  (tokens differ!)'}  rounds: {' '.join(f'{x:.2f}' for x in ratios)}")
+        print(f"{f'{a.concurrency} concurrent, tokens/s':<52} {statistics.median(ref_tput):>10.1f} "
+              f"{statistics.median(our_tput):>10.1f} {statistics.median(tput_ratios):>9.2f}  rounds: "
+              f"{' '.join(f'{x:.2f}' for x in tput_ratios)}")
+        print(json.dumps({"latency": {r[0]: {"reference_s": r[1], "ours_s": r[2], "ratio": r[3], "same_tokens": r[4],
+                                             "round_ratios": r[5]} for r in rows},
+                          "throughput": {"reference": ref_tput, "ours_distinct_images": our_tput,
+                                         "round_ratios": tput_ratios, "concurrency": a.concurrency,
+                                         "dtype": a.dtype, "threads": a.threads}}))
+    finally:
+        proc.send_signal(signal.SIGTERM); proc.wait(timeout=60)
+        ref.stdin.close(); ref.wait(timeout=60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
@@ -81,10 +176,14 @@ def main():
     ap.add_argument("--server-bin", default=os.path.join(ROOT, "target/release/flamingo-server"),
                     help="the server binary to run (e.g. an older build, to compare two builds in one sitting)")
     ap.add_argument("--skip-reference", action="store_true", help="reuse --reference-json instead")
+    ap.add_argument("--interleave", action="store_true", help="alternate reference and ours request by request")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds with --interleave")
     ap.add_argument("--reference-json")
     a = ap.parse_args()
     tokens = 20
 
+    if a.interleave:
+        return interleaved(a)
     if a.skip_reference:
         ref = json.load(open(a.reference_json))
     else:
@@ -96,21 +195,10 @@ def main():
         if a.reference_json:
             json.dump(ref, open(a.reference_json, "w"))
 
-    port = free_port()
-    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), FLAMINGO_LIMITS_MAX_QUEUE="1024")
-    proc = subprocess.Popen([a.server_bin, "--host", "127.0.0.1", "--port", str(port),
-                             "--model-dir", a.model_dir, "--dtype", a.dtype], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, proc = start_server(a)
     try:
-        for _ in range(600):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/ready")
-                if c.getresponse().status == 200: break
-            except OSError: pass
-            time.sleep(0.2)
+        cases = load_cases(a.model_dir)
         img = lambda n: open(os.path.join(a.model_dir, "images", n + ".png"), "rb").read()
-        cases = {"caption_1img": (CAPTION, [img("gradient")]),
-                 "two_shot_3img": (TWO_SHOT, [img("gradient"), img("checker"), img("stripes")])}
         salt = 0
         rows = []
         for name, (prompt, images) in cases.items():

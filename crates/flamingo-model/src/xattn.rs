@@ -246,3 +246,96 @@ impl GatedCrossAttention {
 }
 
 const F32: WeightDtype = WeightDtype::F32;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(crate::kernels::test_values(n, seed), shape, &Device::Cpu).unwrap()
+    }
+
+    /// A block with random weights: dim 32, visual dim 24, 2 heads of 16, 16 latents per image.
+    fn block() -> GatedCrossAttention {
+        let (dim, visual, inner) = (32, 24, 32);
+        let mut w = HashMap::new();
+        for (i, (name, shape)) in [
+            ("attn.norm.weight", vec![dim]),
+            ("attn.norm.bias", vec![dim]),
+            ("attn.to_q.weight", vec![inner, dim]),
+            ("attn.to_kv.weight", vec![2 * inner, visual]),
+            ("attn.to_out.weight", vec![dim, inner]),
+            ("attn_gate", vec![1]),
+            ("ff.0.weight", vec![dim]),
+            ("ff.0.bias", vec![dim]),
+            ("ff.1.weight", vec![4 * dim, dim]),
+            ("ff.3.weight", vec![dim, 4 * dim]),
+            ("ff_gate", vec![1]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.insert(name.to_string(), random(&shape, 40 + i as u64));
+        }
+        let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
+        let cfg = XattnConfig {
+            heads: 2,
+            dim_head: 16,
+            ff_mult: 4,
+        };
+        GatedCrossAttention::new(dim, visual, 16, &cfg, vb, None).unwrap()
+    }
+
+    #[test]
+    fn packed_per_image_attention_equals_the_masked_attention_over_all_images_bit_for_bit() {
+        let block = block();
+        let media = random(&[3, 16, 24], 7);
+        let host = block.media_kv(&media).unwrap();
+        assert!(matches!(host, MediaKv::Host(_)));
+        let kv = media
+            .reshape((48, 24))
+            .unwrap()
+            .apply(&block.to_kv)
+            .unwrap();
+        let tensors = MediaKv::Tensors {
+            k: split_heads(&kv.narrow(1, 0, 32).unwrap(), 2).unwrap(),
+            v: split_heads(&kv.narrow(1, 32, 32).unwrap(), 2).unwrap(),
+        };
+        let x = random(&[9, 32], 8);
+        // Two sequences packed together: one sees no image, then images 1, 2, 3; one sees image 2.
+        let times_a = [0u32, 1, 1, 2, 3, 3, 3];
+        let times_b = [2u32, 2];
+        let run = |media: &MediaKv| {
+            let rows = [
+                XattnRows {
+                    start: 0,
+                    len: 7,
+                    media_time: &times_a,
+                    media: Some(media),
+                },
+                XattnRows {
+                    start: 7,
+                    len: 2,
+                    media_time: &times_b,
+                    media: Some(media),
+                },
+            ];
+            block
+                .forward(&x, &rows)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (packed, masked) = (run(&host), run(&tensors));
+        assert_eq!(packed, masked);
+        let x_in = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(packed, x_in, "the block must change its input");
+    }
+}
