@@ -4,7 +4,8 @@
 #   1. no request is lost (no response / reset / timeout / malformed JSON / malformed SSE /
 #      stream without its final event) and every answer is a success or a documented error
 #      status (400/401/413/422/429/503/504) of the documented shape;
-#   2. overload (an open-loop rate >= 2x what the server sustains, against a second server with a
+#   2. overload (an open-loop rate >= 2x what the server sustains, sent at >= 2x what the overloaded
+#      server serves, against a second server with a
 #      tiny queue) is answered with 429/503 + Retry-After, not timeouts;
 #   3. the server's RSS after the run is <= 1.1x its RSS after warm-up;
 #   4. tokens stream through nginx unbuffered: median time to first token via nginx minus direct
