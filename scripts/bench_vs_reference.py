@@ -97,6 +97,9 @@ def load_cases(model_dir):
             "two_shot_3img": (TWO_SHOT, [img("gradient"), img("checker"), img("stripes")])}
 
 
+SETTLE_S = 0.5
+
+
 def interleaved(a):
     tokens = 20
     ref = subprocess.Popen([a.ref_python, os.path.join(ROOT, "scripts/bench_reference.py"), "--model-dir", a.model_dir,
@@ -110,7 +113,15 @@ def interleaved(a):
             if not line:
                 raise RuntimeError("the reference process ended")
             if line.startswith("{"):
+                # PyTorch's OpenMP threads keep spinning for a while after a call; let them go idle
+                # before our side runs (and ours before the reference's next call).
+                time.sleep(SETTLE_S)
                 return json.loads(line)
+
+    def settled(fn, *args):
+        out = fn(*args)
+        time.sleep(SETTLE_S)
+        return out
 
     while True:  # skip the reference's loading chatter up to its ready line
         line = ref.stdout.readline()
@@ -132,9 +143,9 @@ def interleaved(a):
                 b = body(prompt, [fresh(i, salt) for i in images], tokens)
                 # Alternate who goes first, so a slow spell does not always land on one side.
                 if r % 2 == 0:
-                    t_ref = ask(name); dt, toks = post(port, b)
+                    t_ref = ask(name); dt, toks = settled(post, port, b)
                 else:
-                    dt, toks = post(port, b); t_ref = ask(name)
+                    dt, toks = settled(post, port, b); t_ref = ask(name)
                 theirs.append(t_ref["seconds"]); ours.append(dt); ratios.append(dt / t_ref["seconds"])
                 same = same and toks == t_ref["tokens"]
             rows.append((name, statistics.median(theirs), statistics.median(ours), statistics.median(ratios), same,
@@ -145,7 +156,7 @@ def interleaved(a):
             out = ask("batched")
             ref_tput.append(out["generated"] / out["seconds"])
             distinct = [body(CAPTION, [fresh(grad, 1000 * (r + 1) + i)], tokens) for i in range(a.concurrency)]
-            n, dt = concurrent(port, distinct)
+            n, dt = settled(concurrent, port, distinct)
             our_tput.append(n / dt)
             tput_ratios.append(our_tput[-1] / ref_tput[-1])
         print(f"{'case (medians; ratio = median of per-round ratios)':<52} {'reference':>10} {'ours':>10} {'ours/ref':>9}")
