@@ -160,8 +160,8 @@ fn is_host_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// The CPU path: per (batch, head), `softmax(q·kᵀ·scale + mask)·v` with both products run by the
-/// packed matmul (k and vᵀ packed on the fly; they are small next to the work done with them).
+/// The CPU path: each (batch, head) as one item of [`multi_head_attention`] (keys and values packed
+/// on the fly; they are small next to the work done with them).
 fn host_attention(
     q: &Tensor,
     k: &Tensor,
@@ -169,8 +169,7 @@ fn host_attention(
     scale: f32,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    use crate::kernels::{elementwise::softmax_rows, PackedMatrix, WeightDtype};
-    use rayon::prelude::*;
+    use crate::kernels::heads::{multi_head_attention, HeadRows};
     let dims = q.dims().to_vec();
     let rank = dims.len();
     let (tq, d) = (dims[rank - 2], dims[rank - 1]);
@@ -178,6 +177,10 @@ fn host_attention(
     let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
     let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
     let mask = mask.map(host).transpose()?;
+    if tq == 0 || tk == 0 || d == 0 {
+        // Nothing to attend with or to: the products are empty sums.
+        return Tensor::zeros(dims, DType::F32, q.device());
+    }
     let heads = qv.len() / (tq * d);
     if kv.len() != heads * tk * d
         || vv.len() != kv.len()
@@ -190,29 +193,23 @@ fn host_attention(
             v.dims()
         );
     }
-    let mut out = vec![0f32; qv.len()];
-    out.par_chunks_mut(tq * d).enumerate().for_each(|(b, out)| {
-        crate::kernels::serial(|| {
-            let keys =
-                PackedMatrix::new(&kv[b * tk * d..(b + 1) * tk * d], tk, d, WeightDtype::F32);
-            let mut scores = vec![0f32; tq * tk];
-            keys.matmul(&qv[b * tq * d..(b + 1) * tq * d], tq, None, &mut scores);
-            let softmax_scale = match &mask {
-                Some(m) => {
-                    scores
-                        .iter_mut()
-                        .zip(m)
-                        .for_each(|(s, m)| *s = *s * scale + m);
-                    1.0
-                }
-                None => scale,
-            };
-            softmax_rows(&mut scores, tk, softmax_scale);
-            let values = &vv[b * tk * d..(b + 1) * tk * d];
-            PackedMatrix::from_transposed(values, d, tk, WeightDtype::F32)
-                .matmul(&scores, tq, None, out);
-        })
-    });
+    // Each (batch, head) is one item of one head whose rows are its own `[t, d]` block.
+    let rows = |data, rows| HeadRows {
+        data,
+        rows,
+        stride: d,
+        col: 0,
+    };
+    let out = multi_head_attention(
+        rows(&qv, tq),
+        rows(&kv, tk),
+        rows(&vv, tk),
+        heads,
+        1,
+        d,
+        scale,
+        mask.as_deref(),
+    );
     Tensor::from_vec(out, dims, q.device())
 }
 
