@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -161,15 +160,7 @@ impl CustomOp1 for PackedLinear<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(values) = storage else {
-            candle_core::bail!(
-                "packed-linear: expected f32 input, got {:?}",
-                storage.dtype()
-            );
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-linear: input is not contiguous");
-        };
+        let values = crate::nn::host_values(storage, layout, "packed-linear")?;
         let dims = layout.dims();
         let k = *dims.last().unwrap_or(&0);
         if k != self.weight.in_dim() {
@@ -178,9 +169,9 @@ impl CustomOp1 for PackedLinear<'_> {
                 self.weight.in_dim()
             );
         }
-        let m = (end - start).checked_div(k).unwrap_or(0);
+        let m = values.len().checked_div(k).unwrap_or(0);
         let n = self.weight.out_dim();
-        let out = self.weight.matmul_to_vec(&values[start..end], m, self.bias);
+        let out = self.weight.matmul_to_vec(values, m, self.bias);
         let mut shape = dims[..dims.len() - 1].to_vec();
         shape.push(n);
         Ok((CpuStorage::F32(out), Shape::from(shape)))

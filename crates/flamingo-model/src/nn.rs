@@ -213,6 +213,18 @@ fn host_attention(
     Tensor::from_vec(out, dims, q.device())
 }
 
+/// The values of a contiguous f32 CPU tensor, or an error naming `op`.
+pub(crate) fn host_values<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
 /// Applies an in-place f32 kernel to a copy of a CPU tensor.
 struct HostMap {
     name: &'static str,
@@ -229,12 +241,7 @@ impl candle_core::CustomOp1 for HostMap {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(values), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: expected a contiguous f32 tensor", self.name);
-        };
-        let mut out = values[start..end].to_vec();
+        let mut out = host_values(storage, layout, self.name)?.to_vec();
         (self.f)(&mut out);
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -248,17 +255,15 @@ fn head_rows<'a>(
     stride: usize,
     col: usize,
 ) -> Result<crate::kernels::heads::HeadRows<'a>> {
-    match (storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) => {
-            Ok(crate::kernels::heads::HeadRows {
-                data: &data[a..b],
-                rows,
-                stride,
-                col,
-            })
-        }
-        _ => candle_core::bail!("attention: expected contiguous f32 CPU tensors"),
-    }
+    let candle_core::Storage::Cpu(storage) = storage else {
+        candle_core::bail!("attention: expected CPU tensors");
+    };
+    Ok(crate::kernels::heads::HeadRows {
+        data: host_values(storage, layout, "attention")?,
+        rows,
+        stride,
+        col,
+    })
 }
 
 /// `a + b` of two CPU tensors of one shape.
@@ -276,15 +281,10 @@ impl candle_core::CustomOp2 for HostAdd {
         b: &candle_core::CpuStorage,
         b_layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage::F32;
-        let (F32(a), F32(b), Some((a0, a1)), Some((b0, b1))) = (
-            a,
-            b,
-            a_layout.contiguous_offsets(),
-            b_layout.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("host-add: expected two contiguous f32 tensors");
-        };
+        let (a, b) = (
+            host_values(a, a_layout, "host-add")?,
+            host_values(b, b_layout, "host-add")?,
+        );
         if a_layout.shape() != b_layout.shape() {
             candle_core::bail!(
                 "host-add: shapes {:?} and {:?} differ",
@@ -292,8 +292,8 @@ impl candle_core::CustomOp2 for HostAdd {
                 b_layout.shape()
             );
         }
-        let out = crate::kernels::elementwise::add(&a[a0..a1], &b[b0..b1]);
-        Ok((F32(out), a_layout.shape().clone()))
+        let out = crate::kernels::elementwise::add(a, b);
+        Ok((candle_core::CpuStorage::F32(out), a_layout.shape().clone()))
     }
 }
 
@@ -320,17 +320,13 @@ impl candle_core::CustomOp1 for HostSiluMul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(values), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("host-silu-mul: expected a contiguous f32 tensor");
-        };
+        let values = host_values(storage, layout, "host-silu-mul")?;
         let mut dims = layout.dims().to_vec();
         if dims.last() != Some(&(2 * self.0)) {
             candle_core::bail!("host-silu-mul: rows of {:?}, expected {}", dims, 2 * self.0);
         }
         *dims.last_mut().expect("checked") = self.0;
-        let out = crate::kernels::elementwise::silu_mul(&values[start..end], self.0);
+        let out = crate::kernels::elementwise::silu_mul(values, self.0);
         Ok((candle_core::CpuStorage::F32(out), dims.into()))
     }
 }
