@@ -116,6 +116,19 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub vqa_max_new_tokens: u32,
 
+    /// Tokens that end generation, sent as `stop_token_ids` (their ids are read from the
+    /// server's tokenizer). v1 generates with `eos_token_id = <|endofchunk|>` only: `</s>` does
+    /// not stop it. A server that refuses the parameter is used with its default end tokens
+    /// (predictions marked `v1_stop: false`, counted in the summary).
+    #[arg(long, value_delimiter = ',', default_value = "<|endofchunk|>")]
+    pub stop_tokens: Vec<String>,
+    /// The ids of `--stop-tokens`, given directly (no lookup on the server).
+    #[arg(long, value_delimiter = ',')]
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// Send no stop tokens: the server's default end tokens (`</s>` and `<|endofchunk|>`).
+    #[arg(long)]
+    pub server_stop_rule: bool,
+
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -157,6 +170,7 @@ impl Args {
             "query_set_size": self.query_set_size,
             "coco": {"params": self.params(Task::Coco), "demo_splits": self.coco_demo_splits, "eval_split": self.coco_eval_split},
             "vqav2": {"params": self.params(Task::Vqav2)},
+            "stop_tokens": if self.server_stop_rule { None } else { Some(&self.stop_tokens) },
         })
     }
 }
@@ -234,18 +248,28 @@ pub async fn run(args: Args) -> Result<RunSummary> {
     let fingerprint = args.fingerprint();
     check_manifest(&args.out_dir, &fingerprint)?;
     let templates = args.templates();
-    let client = Arc::new(Client::new(
+    let mut client = Client::new(
         &args.url,
         args.api_key.clone(),
         Duration::from_secs(args.timeout_secs),
         args.max_retries,
-    )?);
+    )?;
 
     if !args.score_only {
         client
             .wait_ready(Duration::from_secs(args.ready_timeout_secs))
             .await?;
+        let ids = match (&args.stop_token_ids, args.server_stop_rule) {
+            (_, true) => None,
+            (Some(ids), false) => Some(ids.clone()),
+            (None, false) => Some(client.token_ids(&args.stop_tokens).await?),
+        };
+        if let Some(ids) = &ids {
+            eprintln!("stop tokens {:?} = ids {ids:?}", args.stop_tokens);
+        }
+        client = client.with_stop_token_ids(ids);
     }
+    let client = Arc::new(client);
 
     let mut summary = RunSummary::default();
     let mut scores: Vec<UnitScore> = Vec::new();
@@ -278,6 +302,7 @@ pub async fn run(args: Args) -> Result<RunSummary> {
                     summary.answered += stats.answered;
                     summary.skipped += stats.skipped;
                     summary.failed += stats.failed;
+                    summary.without_v1_stop += stats.without_v1_stop;
                 }
                 let preds = runner::read_predictions(&jsonl)?;
                 report::write_official_predictions(

@@ -2,7 +2,7 @@
 //! connection errors and 5xx back off exponentially; other statuses fail the item.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,16 +17,41 @@ pub struct GenParams {
     pub length_penalty: f64,
 }
 
+/// The request parameter that names the tokens ending generation (replacing the server's
+/// default end tokens). v1 generates with `eos_token_id = <|endofchunk|>` only.
+pub const STOP_TOKEN_IDS: &str = "stop_token_ids";
+
 #[derive(Serialize)]
 struct GenerateRequest<'a> {
     inputs: &'a str,
     images: &'a [String],
-    parameters: &'a GenParams,
+    parameters: RequestParameters<'a>,
+}
+
+#[derive(Serialize)]
+struct RequestParameters<'a> {
+    #[serde(flatten)]
+    gen: &'a GenParams,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_token_ids: Option<&'a [u32]>,
 }
 
 #[derive(Deserialize)]
 struct GenerateResponse {
     generated_text: String,
+}
+
+/// A generated text and whether the server ended it by v1's rule (`stop_token_ids` sent and
+/// accepted). Without it the server also stops at `</s>`, where v1 would have gone on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    pub text: String,
+    pub v1_stop: bool,
+}
+
+/// Whether a 422 body refuses the stop-token parameter itself (an older server: unknown field).
+fn refuses_stop_param(status: u16, body: &str) -> bool {
+    status == 422 && body.contains(STOP_TOKEN_IDS)
 }
 
 /// Seconds to wait when a 429/503 carries no usable Retry-After.
@@ -40,6 +65,10 @@ pub struct Client {
     api_key: Option<String>,
     max_retries: u32,
     requests: AtomicU64,
+    /// Sent as `stop_token_ids` with every request (None: the server's default end tokens).
+    stop_token_ids: Option<Vec<u32>>,
+    /// Set once the server has refused `stop_token_ids`; later requests go without it.
+    stop_refused: AtomicBool,
 }
 
 impl Client {
@@ -59,7 +88,59 @@ impl Client {
             api_key,
             max_retries,
             requests: AtomicU64::new(0),
+            stop_token_ids: None,
+            stop_refused: AtomicBool::new(false),
         })
+    }
+
+    /// Asks the server to end every generation at exactly these token ids.
+    pub fn with_stop_token_ids(mut self, ids: Option<Vec<u32>>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// Whether the server refused `stop_token_ids` (so predictions follow its default rule).
+    pub fn stop_refused(&self) -> bool {
+        self.stop_refused.load(Ordering::Relaxed)
+    }
+
+    /// The ids of special tokens given by their text (e.g. `<|endofchunk|>`), read from the
+    /// server's own tokenization: a one-token request with `decoder_input_details` lists the
+    /// prompt's tokens with their ids. Fails if a text is not a single token there.
+    pub async fn token_ids(&self, texts: &[String]) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(texts.len());
+        for text in texts {
+            let body = serde_json::json!({"inputs": text, "parameters": {
+                "max_new_tokens": 1, "details": true, "decoder_input_details": true}});
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self.http.post(&self.url).json(&body);
+            if let Some(key) = &self.api_key {
+                req = req.bearer_auth(key);
+            }
+            let resp = req.send().await.context("token id probe")?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.context("token id probe response")?;
+            if !status.is_success() {
+                bail!("token id probe for {text:?}: server answered {status}: {v}");
+            }
+            let prefill = v["details"]["prefill"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let found: Vec<u32> = prefill
+                .iter()
+                .filter(|t| t["text"].as_str() == Some(text))
+                .filter_map(|t| t["id"].as_u64().and_then(|i| u32::try_from(i).ok()))
+                .collect();
+            match found.as_slice() {
+                [id] => ids.push(*id),
+                _ => bail!(
+                    "{text:?} is not one token in the server's prompt tokens: {}",
+                    serde_json::Value::Array(prefill)
+                ),
+            }
+        }
+        Ok(ids)
     }
 
     /// Polls `GET /ready` until it answers 200, so a wrong URL or a dead server fails fast
@@ -97,16 +178,23 @@ impl Client {
         inputs: &str,
         images: &[String],
         params: &GenParams,
-    ) -> Result<String> {
-        let body = GenerateRequest {
-            inputs,
-            images,
-            parameters: params,
-        };
+    ) -> Result<Generated> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let stop = self
+                .stop_token_ids
+                .as_deref()
+                .filter(|_| !self.stop_refused());
+            let body = GenerateRequest {
+                inputs,
+                images,
+                parameters: RequestParameters {
+                    gen: params,
+                    stop_token_ids: stop,
+                },
+            };
             let mut req = self.http.post(&self.url).json(&body);
             if let Some(key) = &self.api_key {
                 req = req.bearer_auth(key);
@@ -117,11 +205,27 @@ impl Client {
                     if status.is_success() {
                         let parsed: GenerateResponse =
                             resp.json().await.context("decoding /generate response")?;
-                        return Ok(parsed.generated_text);
+                        return Ok(Generated {
+                            text: parsed.generated_text,
+                            v1_stop: stop.is_some(),
+                        });
                     }
                     let retry_after =
                         parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
                     let text = resp.text().await.unwrap_or_default();
+                    if stop.is_some() && refuses_stop_param(status.as_u16(), &text) {
+                        // Fallback: this server cannot be told v1's stop rule. Go on with its
+                        // default (`</s>` also ends generation) and mark the predictions.
+                        if !self.stop_refused.swap(true, Ordering::Relaxed) {
+                            eprintln!(
+                                "warning: the server refuses `{STOP_TOKEN_IDS}` ({}); generating \
+                                 with its default end tokens, which also stop at </s> where v1 \
+                                 would go on (predictions are marked v1_stop: false)",
+                                truncate(&text, 200)
+                            );
+                        }
+                        continue;
+                    }
                     let wait = match status.as_u16() {
                         429 | 503 => retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
                         500 | 502 | 504 => backoff(attempt),
@@ -186,6 +290,35 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn request_body_carries_the_stop_tokens_only_when_set() {
+        let gen = GenParams {
+            max_new_tokens: 5,
+            num_beams: 3,
+            length_penalty: -2.0,
+        };
+        let with = serde_json::to_value(RequestParameters {
+            gen: &gen,
+            stop_token_ids: Some(&[32000]),
+        })
+        .unwrap();
+        assert_eq!(
+            with,
+            serde_json::json!({"max_new_tokens": 5, "num_beams": 3, "length_penalty": -2.0,
+                "stop_token_ids": [32000]})
+        );
+        let without = serde_json::to_value(RequestParameters {
+            gen: &gen,
+            stop_token_ids: None,
+        })
+        .unwrap();
+        assert!(without.get(STOP_TOKEN_IDS).is_none());
+        let refusal = r#"{"error":"unknown field `stop_token_ids`, expected one of ...","error_type":"validation"}"#;
+        assert!(refuses_stop_param(422, refusal));
+        assert!(!refuses_stop_param(422, r#"{"error":"too many tokens"}"#));
+        assert!(!refuses_stop_param(400, refusal));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod datasets;
 pub mod metrics;
 pub mod prompts;
+pub mod pytext;
 pub mod report;
 pub mod runner;
 pub mod sampling;

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
                 "{}",
                 serde_json::json!({"requests_sent": summary.requests_sent, "answered": summary.answered,
                     "skipped": summary.skipped, "failed": summary.failed,
+                    "without_v1_stop": summary.without_v1_stop,
                     "results": out_dir.join("results.json")})
             );
             if summary.failed > 0 {

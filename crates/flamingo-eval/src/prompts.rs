@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::pytext::py_strip;
+
 pub const IMAGE_TOKEN: &str = "<image>";
 pub const END_OF_CHUNK: &str = "<|endofchunk|>";
 
@@ -29,19 +31,19 @@ impl Default for Templates {
 
 impl Templates {
     pub fn caption_demo(&self, caption: &str) -> String {
-        // v1 strips the demo caption (`sample['caption'].strip()`).
-        self.caption_demo.replace("{caption}", caption.trim())
+        // v1 strips the demo caption (`sample['caption'].strip()`, Python's whitespace).
+        self.caption_demo.replace("{caption}", py_strip(caption))
     }
     pub fn caption_query(&self) -> String {
         self.caption_query.clone()
     }
     pub fn vqa_demo(&self, question: &str, answer: &str) -> String {
         self.vqa_demo
-            .replace("{question}", question.trim())
-            .replace("{answer}", answer.trim())
+            .replace("{question}", py_strip(question))
+            .replace("{answer}", py_strip(answer))
     }
     pub fn vqa_query(&self, question: &str) -> String {
-        self.vqa_query.replace("{question}", question.trim())
+        self.vqa_query.replace("{question}", py_strip(question))
     }
 }
 
@@ -88,29 +90,45 @@ pub fn effective_shots(shots: usize) -> usize {
     }
 }
 
-/// Drops anything from an `<|endofchunk|>` on: the reference decodes with
-/// `skip_special_tokens=True` and generation stops at that token, so it can only be last.
-fn cut_end_of_chunk(s: &str) -> &str {
-    s.split(END_OF_CHUNK).next().unwrap_or("")
+/// Every special token of the OpenFlamingo-9B tokenizer: LLaMA's `<s>`, `</s>`, `<unk>` and the
+/// three OpenFlamingo adds (`<|endofchunk|>`, `<image>` as additional special tokens, `<PAD>` as
+/// the pad token). `tokenizer.batch_decode(outputs, skip_special_tokens=True)` drops all of them.
+pub const SPECIAL_TOKENS: &[&str] = &["<s>", "</s>", "<unk>", END_OF_CHUNK, IMAGE_TOKEN, "<PAD>"];
+
+/// The text v1 would have decoded from the server's `generated_text`:
+/// - v1 generates with `eos_token_id = <|endofchunk|>`, so nothing follows the first one (a
+///   server without the v1 stop rule may go on): everything from it on is dropped;
+/// - v1 decodes with `skip_special_tokens=True`: every special token is removed wherever it is
+///   (`</s>` does not end v1's generation, and the server may show it in the text).
+pub fn v1_decode(generated: &str) -> String {
+    let mut s = generated
+        .split(END_OF_CHUNK)
+        .next()
+        .unwrap_or("")
+        .to_string();
+    for special in SPECIAL_TOKENS {
+        s = s.replace(special, "");
+    }
+    s
 }
 
 /// `postprocess_captioning_generation(out).replace('"', "")`: cut at the first "Output".
 pub fn postprocess_caption(generated: &str) -> String {
-    let s = cut_end_of_chunk(generated);
+    let s = v1_decode(generated);
     s.split("Output").next().unwrap_or("").replace('"', "")
 }
 
 /// `postprocess_vqa_generation`: `re.split("Question|Answer", s, 1)[0]`. The official VQA
 /// normalisation is applied by the metric (it only normalises when the humans disagree).
 pub fn postprocess_vqa(generated: &str) -> String {
-    let s = cut_end_of_chunk(generated);
+    let s = v1_decode(generated);
     let cut = [s.find("Question"), s.find("Answer")]
         .into_iter()
         .flatten()
         .min();
     match cut {
         Some(i) => s[..i].to_string(),
-        None => s.to_string(),
+        None => s,
     }
 }
 
@@ -136,6 +154,11 @@ mod tests {
         assert_eq!(
             p.text,
             "<image>Output:A cat.<|endofchunk|><image>Output:A dog.<|endofchunk|><image>Output:"
+        );
+        // Python's strip(): the information separators go too.
+        assert_eq!(
+            t.caption_demo("\u{1f}A cat.\u{1c}\u{a0}"),
+            "<image>Output:A cat.<|endofchunk|>"
         );
         assert_eq!(
             p.images,
@@ -170,5 +193,25 @@ mod tests {
         assert_eq!(postprocess_vqa("yes Question: why"), "yes ");
         assert_eq!(postprocess_vqa("two Short Answer: 3"), "two Short ");
         assert_eq!(postprocess_vqa("red"), "red");
+    }
+
+    #[test]
+    fn special_tokens_are_skipped_as_v1_decodes() {
+        // `</s>` does not stop v1: the text after it is kept, the token itself is not.
+        assert_eq!(
+            postprocess_caption("A cat</s> on a mat</s>"),
+            "A cat on a mat"
+        );
+        assert_eq!(postprocess_vqa("yes</s>"), "yes");
+        assert_eq!(postprocess_vqa("<s>two</s><PAD><PAD>"), "two");
+        assert_eq!(postprocess_vqa("<unk>red<image>"), "red");
+        // Generation ends at the first <|endofchunk|>: nothing after it counts.
+        assert_eq!(
+            postprocess_caption("A dog<|endofchunk|><image>Output:B"),
+            "A dog"
+        );
+        // The cut words are searched after the specials are gone, as in v1.
+        assert_eq!(postprocess_vqa("blue Ques</s>tion"), "blue ");
+        assert_eq!(postprocess_caption("Out</s>put"), "");
     }
 }

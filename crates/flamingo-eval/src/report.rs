@@ -94,6 +94,8 @@ pub struct RunSummary {
     pub answered: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Answered without v1's stop rule (see `PredictionRecord::v1_stop`).
+    pub without_v1_stop: usize,
 }
 
 /// One table cell: a (task, shots) score averaged over seeds.
@@ -195,6 +197,15 @@ pub fn markdown(cells: &[Cell], units: &[UnitScore], run: &RunSummary) -> String
         "\nThis run: {} requests sent, {} answered, {} already recorded (skipped), {} failed.\n",
         run.requests_sent, run.answered, run.skipped, run.failed
     );
+    if run.without_v1_stop > 0 {
+        let _ = write!(
+            md,
+            "\n**{} answers were generated without v1's stop rule** (the server refused \
+             `stop_token_ids`, or `--server-stop-rule`): they also stopped at `</s>`, where v1 \
+             goes on to `<|endofchunk|>`.\n",
+            run.without_v1_stop
+        );
+    }
     md
 }
 

@@ -26,6 +26,10 @@ pub struct PredictionRecord {
     pub raw: String,
     pub prompt: String,
     pub demo_ids: Vec<String>,
+    /// Generated under v1's stop rule (`stop_token_ids` = `<|endofchunk|>` accepted by the
+    /// server). False: the server's default end tokens, which also stop at `</s>`.
+    #[serde(default)]
+    pub v1_stop: bool,
 }
 
 /// Reads the predictions recorded so far (later lines win). A torn last line from an
@@ -84,6 +88,8 @@ pub struct UnitStats {
     pub skipped: usize,
     pub answered: usize,
     pub failed: usize,
+    /// Answered in this run without v1's stop rule (the server refused it, or it was not asked).
+    pub without_v1_stop: usize,
 }
 
 /// Sends every job not yet in `unit.jsonl`, at most `concurrency` at a time.
@@ -148,7 +154,10 @@ fn tally(
     // A write failure (disk full...) aborts the run: continuing would lose answers.
     let (id, result) = res.context("request task panicked")??;
     match result {
-        Ok(_) => stats.answered += 1,
+        Ok(rec) => {
+            stats.answered += 1;
+            stats.without_v1_stop += usize::from(!rec.v1_stop);
+        }
         Err(e) => {
             stats.failed += 1;
             bar.suspend(|| eprintln!("item {id}: {e:#}"));
@@ -168,13 +177,14 @@ async fn answer(
     for p in &job.prompt.images {
         images.push(client::image_base64(p).await?);
     }
-    let raw = client.generate(&job.prompt.text, &images, params).await?;
+    let generated = client.generate(&job.prompt.text, &images, params).await?;
     Ok(PredictionRecord {
         id: job.id.clone(),
-        prediction: task.postprocess(&raw),
-        raw,
+        prediction: task.postprocess(&generated.text),
+        raw: generated.text,
         prompt: job.prompt.text.clone(),
         demo_ids: job.demo_ids.clone(),
+        v1_stop: generated.v1_stop,
     })
 }
 
@@ -213,6 +223,7 @@ mod tests {
             raw: "r".into(),
             prompt: String::new(),
             demo_ids: vec![],
+            v1_stop: true,
         }
     }
 

@@ -12,7 +12,8 @@ type Counts<'a> = HashMap<Vec<&'a str>, f64>;
 
 /// `precook`: counts of all 1..4-grams of a whitespace-split sentence.
 fn ngram_counts(s: &str) -> Counts<'_> {
-    let words: Vec<&str> = s.split_whitespace().collect();
+    // `s.split()` in cider_scorer.py: Python's whitespace.
+    let words: Vec<&str> = crate::pytext::py_split(s).collect();
     let mut counts = Counts::new();
     for k in 1..=N {
         for w in words.windows(k) {

@@ -5,6 +5,8 @@
 //!   32 periods are removed;
 //! - accuracy = mean over the 10 leave-one-out subsets of min(#matches / 3, 1).
 
+use crate::pytext::{py_split, py_strip};
+
 #[rustfmt::skip]
 const CONTRACTIONS: &[(&str, &str)] = &[
     ("aint", "ain't"), ("arent", "aren't"), ("cant", "can't"), ("couldve", "could've"),
@@ -120,8 +122,8 @@ fn strip_periods(s: &str) -> String {
 /// `processDigitArticle`: lower-case, number words -> digits, drop articles, fix contractions.
 pub fn process_digit_article(in_text: &str) -> String {
     let lower = in_text.to_lowercase();
-    let words: Vec<&str> = lower
-        .split_whitespace()
+    // vqaEval.py: `outText.lower().split()` (Python's whitespace).
+    let words: Vec<&str> = py_split(&lower)
         .map(|w| {
             MANUAL_MAP
                 .iter()
@@ -144,8 +146,9 @@ pub fn normalize_answer(s: &str) -> String {
     process_digit_article(&process_punctuation(s))
 }
 
+/// `.replace('\n', ' ').replace('\t', ' ').strip()` with Python's `strip`.
 fn clean(s: &str) -> String {
-    s.replace(['\n', '\t'], " ").trim().to_string()
+    py_strip(&s.replace(['\n', '\t'], " ")).to_string()
 }
 
 /// Accuracy of one prediction against the human answers (normally 10), in [0, 1].
@@ -205,6 +208,10 @@ mod tests {
         // The official code does not lower-case here: "Yes" scores 0.
         assert_eq!(vqa_accuracy("Yes", &gts), 0.0);
         assert_eq!(vqa_accuracy(" yes\n", &gts), 1.0);
+        // Python's strip() removes the information separators too.
+        assert_eq!(vqa_accuracy("\u{1f}yes\u{1c}", &gts), 1.0);
+        // ... and split() separates words at them.
+        assert_eq!(normalize_answer("a\u{1d}dog"), "dog");
     }
 
     #[test]

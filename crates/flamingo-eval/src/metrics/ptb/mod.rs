@@ -9,6 +9,7 @@ mod rules;
 
 use std::sync::OnceLock;
 
+use crate::pytext::is_py_space;
 use rules::{Action, Rule};
 
 /// pycocoevalcap `tokenizer/ptbtokenizer.py` PUNCTUATIONS, compared after lowercasing, exactly as
@@ -91,11 +92,6 @@ pub fn tokenize_captions<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
                 .unwrap_or_default()
         })
         .collect()
-}
-
-/// Python's `str.isspace()`: Unicode White_Space plus the ASCII information separators.
-fn is_py_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// Lexes `text`, returning the tokens of each line (newline tokens split lines, as with
