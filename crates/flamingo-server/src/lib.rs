@@ -5,6 +5,7 @@
 //! model, continuous batching) -> `session` (detokenization, stop sequences, content filter) ->
 //! back to `routes` as JSON or SSE.
 
+pub mod affinity;
 pub mod api;
 pub mod app;
 pub mod config;

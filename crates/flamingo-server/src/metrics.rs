@@ -31,6 +31,24 @@ pub const IMAGE_CACHE_MISSES: &str = "flamingo_image_cache_misses_total";
 pub const IMAGE_CACHE_ENTRIES: &str = "flamingo_image_cache_entries";
 pub const WORKER_ALIVE: &str = "flamingo_worker_alive";
 pub const READY: &str = "flamingo_ready";
+pub const IMAGES_DECODED: &str = "flamingo_images_decoded_total";
+pub const PREPROCESS_WAITING: &str = "flamingo_preprocess_waiting";
+pub const OPEN_CONNECTIONS: &str = "flamingo_open_connections";
+pub const CONNECTIONS_REFUSED: &str = "flamingo_connections_refused_total";
+pub const KV_RESERVED_BYTES: &str = "flamingo_kv_reserved_bytes";
+/// KV-cache use, 0..1 (memory held by running sequences' caches over the budget).
+pub const KV_CACHE_USAGE: &str = "flamingo_kv_cache_usage_ratio";
+
+/// Aliases under the names the Gateway API Inference Extension endpoint picker reads by default
+/// (its model-server protocol: queued requests, running requests, KV-cache utilisation) and the
+/// vLLM production-stack dashboards and KEDA recipes query. Same values as ours, set together in
+/// `publish_scheduler`; the colon is legal in Prometheus names and kept by the exporter.
+pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
+pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
+/// vLLM >= 0.10 name of the KV-cache use (0..1).
+pub const VLLM_KV_USAGE: &str = "vllm:kv_cache_usage_perc";
+/// The pre-0.10 name, still queried by older dashboards and endpoint-picker versions.
+pub const VLLM_GPU_CACHE_USAGE: &str = "vllm:gpu_cache_usage_perc";
 
 /// Latency buckets from 1 ms (tiny model, per-token on a GPU) to 10 min (a long CPU generation).
 const SECONDS: &[f64] = &[
@@ -52,6 +70,25 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("metrics: {e}"))?;
     describe();
     Ok(handle)
+}
+
+/// Scheduler state for scrapers: requests waiting to join the batch, sequences in it, and KV-cache
+/// use (0..1, clamped), under our names and the vLLM/Inference Extension aliases.
+pub fn publish_scheduler(waiting: usize, running: usize, kv_usage: f64) {
+    let kv = if kv_usage.is_finite() {
+        kv_usage.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    for name in [QUEUE_DEPTH, VLLM_WAITING] {
+        metrics::gauge!(name).set(waiting as f64);
+    }
+    for name in [ACTIVE_SEQUENCES, VLLM_RUNNING] {
+        metrics::gauge!(name).set(running as f64);
+    }
+    for name in [KV_CACHE_USAGE, VLLM_KV_USAGE, VLLM_GPU_CACHE_USAGE] {
+        metrics::gauge!(name).set(kv);
+    }
 }
 
 /// Histograms are drained into their buckets on upkeep; run it in the background.
@@ -138,5 +175,67 @@ fn describe() {
     describe_counter!(IMAGE_CACHE_MISSES, "Images encoded by the vision tower");
     describe_gauge!(IMAGE_CACHE_ENTRIES, "Image features in the cache");
     describe_gauge!(WORKER_ALIVE, "1 while the model worker thread runs");
+    describe_counter!(
+        IMAGES_DECODED,
+        "Images decoded (neither cached nor repeated in their request)"
+    );
+    describe_gauge!(
+        PREPROCESS_WAITING,
+        "Requests holding a queue place while they wait for or run preprocessing"
+    );
+    describe_gauge!(OPEN_CONNECTIONS, "Open client connections");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because server.max_connections were open"
+    );
+    describe_gauge!(
+        KV_RESERVED_BYTES,
+        "KV-cache bytes reserved by admitted sequences (limits.max_kv_bytes bounds it)"
+    );
     describe_gauge!(READY, "1 when /ready answers 200");
+    describe_gauge!(KV_CACHE_USAGE, "KV-cache use of the running batch, 0..1");
+    describe_gauge!(
+        VLLM_WAITING,
+        "Alias of flamingo_queue_depth (vLLM / Gateway API Inference Extension name)"
+    );
+    describe_gauge!(
+        VLLM_RUNNING,
+        "Alias of flamingo_active_sequences (vLLM / Gateway API Inference Extension name)"
+    );
+    describe_gauge!(
+        VLLM_KV_USAGE,
+        "Alias of flamingo_kv_cache_usage_ratio, 0..1 (vLLM / Inference Extension name)"
+    );
+    describe_gauge!(
+        VLLM_GPU_CACHE_USAGE,
+        "Alias of flamingo_kv_cache_usage_ratio, 0..1 (pre-0.10 vLLM name)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn scheduler_gauges_render_under_our_names_and_the_vllm_aliases() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || publish_scheduler(3, 5, 1.7));
+        let text = handle.render();
+        for line in [
+            "flamingo_queue_depth 3",
+            "vllm:num_requests_waiting 3",
+            "flamingo_active_sequences 5",
+            "vllm:num_requests_running 5",
+            "flamingo_kv_cache_usage_ratio 1",
+            "vllm:kv_cache_usage_perc 1",
+            "vllm:gpu_cache_usage_perc 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
 }

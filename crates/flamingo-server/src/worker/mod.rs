@@ -237,8 +237,12 @@ impl Worker {
         self.shared
             .active
             .store(self.engine.len(), Ordering::SeqCst);
-        metrics::gauge!(m::ACTIVE_SEQUENCES).set(self.engine.len() as f64);
-        metrics::gauge!(m::QUEUE_DEPTH).set(self.shared.waiting.load(Ordering::SeqCst) as f64);
+        // kv usage: 0.0 until the KV byte budget exists; then its 0..1 fill goes here.
+        m::publish_scheduler(
+            self.shared.waiting.load(Ordering::SeqCst),
+            self.engine.len(),
+            0.0,
+        );
         metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(self.cache.len() as f64);
     }
 
