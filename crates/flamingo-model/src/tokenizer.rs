@@ -79,6 +79,24 @@ impl FlamingoTokenizer {
             || self.inner.id_to_token(id).is_some_and(|t| t == "<unk>")
     }
 
+    /// `<unk>`'s id: what a redacted token is reported as (0 when the vocabulary lacks it).
+    pub fn unk_id(&self) -> u32 {
+        self.inner.token_to_id("<unk>").unwrap_or(0)
+    }
+
+    /// The most input bytes one token can stand for: the longest vocabulary piece (pieces spell
+    /// their text with `▁` for a space and `<0x..>` for a byte, never shorter than the text),
+    /// so `max_tokens * max_piece_bytes()` bounds the text that can fit in `max_tokens`.
+    pub fn max_piece_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -3,8 +3,11 @@
 //! sends them to the replica that already holds those images' features in its cache.
 //!
 //! Formula (clients that know their few-shot images can compute it themselves):
-//! `hex(SHA-256(h_1 || h_2 || ... || h_n))[..16]`, where `h_i` is the raw 32-byte SHA-256 of the
-//! i-th image's bytes (after base64 decoding, exactly the bytes sent), in request order.
+//! `image_set_key = hex(SHA-256(h_1 || h_2 || ... || h_n))[..16]`, where `h_i` is the raw 32-byte
+//! SHA-256 of the i-th image's bytes (after base64 decoding, exactly the bytes sent), in order.
+//! A request's key (`request_key`) covers the images that repeat across requests: all but the
+//! last one (the few-shot examples, not the query), or the only image of a one-image request
+//! (the same picture asked about again).
 //! The key only routes: a collision costs a cache miss, never a wrong answer (the feature cache
 //! itself is keyed by the full per-image hash).
 
@@ -33,6 +36,13 @@ pub fn image_set_key(hashes: &[[u8; 32]]) -> Option<String> {
         key.push_str(&format!("{b:02x}"));
     }
     Some(key)
+}
+
+/// The affinity key of a request from its images in prompt order: the examples of a few-shot
+/// prompt (every image but the last, the query), or the image of a one-image request.
+pub fn request_key(hashes: &[[u8; 32]]) -> Option<String> {
+    let shared = hashes.len().saturating_sub(1).max(1).min(hashes.len());
+    image_set_key(&hashes[..shared])
 }
 
 #[cfg(test)]
@@ -68,6 +78,16 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(image_set_key(&[h1, h2]).unwrap(), full[..KEY_HEX_LEN]);
+    }
+
+    #[test]
+    fn request_key_covers_the_examples_not_the_query() {
+        let (a, b, q1, q2) = (h(b"a"), h(b"b"), h(b"q1"), h(b"q2"));
+        let examples = image_set_key(&[a, b]).unwrap();
+        assert_eq!(request_key(&[a, b, q1]).unwrap(), examples);
+        assert_eq!(request_key(&[a, b, q2]).unwrap(), examples);
+        assert_eq!(request_key(&[q1]), image_set_key(&[q1]));
+        assert_eq!(request_key(&[]), None);
     }
 
     #[test]

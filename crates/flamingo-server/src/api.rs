@@ -40,6 +40,12 @@ impl Parameters {
         let refuse = |name: &str, why: &str| {
             Err(ApiError::validation(format!("`{name}` {why}")).param(name))
         };
+        if self.best_of == Some(0) {
+            return refuse("best_of", "must be >= 1");
+        }
+        if self.typical_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return refuse("typical_p", "must be > 0 and <= 1");
+        }
         if self.best_of.is_some_and(|b| b > 1) {
             return refuse(
                 "best_of",

@@ -40,6 +40,16 @@ pub struct ServerConfig {
     pub allow_image_urls: bool,
     /// Hosts that could be fetched once fetching exists. Not supported yet: must stay empty.
     pub image_url_allowlist: Vec<String>,
+    /// Open client connections at most; more are closed at once (slow clients cannot hold every
+    /// file descriptor).
+    pub max_connections: usize,
+    /// A client must send a request's headers within this many seconds (slow-loris).
+    pub header_read_timeout_s: u64,
+    /// A keep-alive connection with no request in flight is closed after this many seconds.
+    pub keep_alive_timeout_s: u64,
+    /// On SIGTERM, seconds during which `/ready` answers 503 while requests are still accepted
+    /// (the load balancer's time to notice), before the drain starts. 0 = drain at once.
+    pub prestop_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +66,10 @@ impl Default for ServerConfig {
             retry_after_s: 1,
             allow_image_urls: false,
             image_url_allowlist: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout_s: 10,
+            keep_alive_timeout_s: 60,
+            prestop_s: 0,
         }
     }
 }
@@ -126,6 +140,13 @@ pub struct Limits {
     pub max_stop_sequences: usize,
     /// Resampled image features kept for reuse (few-shot prompts resend their examples).
     pub image_cache_entries: usize,
+    /// KV-cache bytes the running batch may reserve; 0 = automatic (CPU: half the memory
+    /// available at startup; CUDA: 16 GiB).
+    pub max_kv_bytes: u64,
+    /// Requests preprocessed (tokenized, images decoded) at once; 0 = one per CPU.
+    pub preprocess_slots: usize,
+    /// Memory that concurrent image decodes may hold together (estimated from each header).
+    pub preprocess_memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -144,6 +165,9 @@ impl Default for Limits {
             max_beams: 8,
             max_stop_sequences: 4,
             image_cache_entries: 256,
+            max_kv_bytes: 0,
+            preprocess_slots: 0,
+            preprocess_memory_bytes: 1 << 30,
         }
     }
 }
@@ -257,6 +281,19 @@ impl Config {
             ("limits.default_max_new_tokens", l.default_max_new_tokens),
             ("limits.max_beams", l.max_beams),
             ("limits.max_image_bytes", l.max_image_bytes),
+            (
+                "limits.preprocess_memory_bytes",
+                l.preprocess_memory_bytes as usize,
+            ),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.header_read_timeout_s",
+                self.server.header_read_timeout_s as usize,
+            ),
+            (
+                "server.keep_alive_timeout_s",
+                self.server.keep_alive_timeout_s as usize,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1".into());
@@ -360,9 +397,14 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML (`--print-config`).
+    /// The effective configuration as TOML (`--print-config`), API keys redacted: the output
+    /// ends up in terminals, CI logs and support tickets.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self)
+        let mut shown = self.clone();
+        for k in &mut shown.server.api_keys {
+            *k = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 }

@@ -181,6 +181,12 @@ pub struct StreamChunk {
     pub acted: bool,
     /// The stream is withheld from here on (sticky); stop generating.
     pub blocked: bool,
+    /// This chunk masked something (not sticky): whatever produced its text must not leave
+    /// unmasked by another path (token ids, log-probabilities).
+    pub masked: bool,
+    /// Bytes of input text released so far, in total (this chunk's included): input beyond it is
+    /// still held back.
+    pub released_input: usize,
 }
 
 /// A configured filter; cheap to clone and share.
@@ -247,6 +253,8 @@ impl ContentFilter {
             restorer: Restorer::default(),
             acted: false,
             blocked: false,
+            released_input: 0,
+            masked: false,
         }
     }
 
@@ -321,6 +329,10 @@ pub struct StreamFilter {
     restorer: Restorer,
     acted: bool,
     blocked: bool,
+    /// Input bytes released since the stream began (the window forgets its released part).
+    released_input: usize,
+    /// The release being built masked something.
+    masked: bool,
 }
 
 /// A position in the window: bytes and characters before it, and how many characters of
@@ -345,8 +357,10 @@ impl StreamFilter {
     /// empty: held back).
     pub fn push(&mut self, piece: &str) -> StreamChunk {
         if self.filter.cfg.mode == FilterMode::Off {
+            self.released_input += piece.len();
             return StreamChunk {
                 text: piece.to_owned(),
+                released_input: self.released_input,
                 ..StreamChunk::default()
             };
         }
@@ -380,6 +394,8 @@ impl StreamFilter {
         let mut text = String::new();
         let mut norm = Vec::new();
         let pos = &mut self.released;
+        let released_before = pos.bytes;
+        self.masked = false;
         for c in self.window[pos.bytes..].chars() {
             normalized(c, &mut norm);
             let available = out.len().saturating_sub(pos.out);
@@ -388,6 +404,7 @@ impl StreamFilter {
             }
             let piece = &out[pos.out..][..norm.len().min(available)];
             let masked = self.restorer.emit(c, &norm, piece, &mut text);
+            self.masked |= masked;
             pos.bytes += c.len_utf8();
             pos.chars += 1;
             pos.out += piece.len();
@@ -399,6 +416,7 @@ impl StreamFilter {
         if end {
             text.extend(out[pos.out.min(out.len())..].iter().map(|&c| unmask(c)));
         }
+        self.released_input += pos.bytes - released_before;
         if self.restorer.masked_any {
             self.acted = true;
             if self.filter.cfg.mode == FilterMode::Block {
@@ -430,6 +448,8 @@ impl StreamFilter {
             text,
             acted: self.acted,
             blocked: self.blocked,
+            masked: self.masked,
+            released_input: self.released_input,
         }
     }
 }
@@ -762,14 +782,8 @@ mod tests {
         }
         assert!(blocked, "blocked before the end of generation");
         assert!(!sent.contains('f'), "{sent:?}");
-        assert_eq!(
-            stream.finish(),
-            StreamChunk {
-                text: String::new(),
-                acted: true,
-                blocked: true
-            }
-        );
+        let end = stream.finish();
+        assert!(end.text.is_empty() && end.acted && end.blocked, "{end:?}");
     }
 
     #[test]

@@ -1,20 +1,120 @@
 //! Image payloads: base64 or `data:` URL -> bytes -> header probe -> decoded, resized, normalised
 //! pixels, plus a hash of the bytes for the worker's feature cache. Runs on the blocking pool.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
-use flamingo_model::preprocess::{self, ImageError, ImageLimits};
+use candle_core::Tensor;
+use flamingo_model::preprocess::{self, ImageError, ImageInfo, ImageLimits, PixelSpec};
 use sha2::{Digest, Sha256};
 
+use crate::budget::{MemoryBudget, Refused};
 use crate::config::Limits;
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics as m;
+use crate::worker::cache::SharedFeatureCache;
 
-/// A preprocessed image (`3 * 224 * 224` normalised CHW values) and the hash of its bytes.
+/// A preprocessed image (`3 * S * S` normalised CHW values, S the model's input size: its
+/// `PixelSpec::size`) and the hash of its bytes.
 #[derive(Clone)]
 pub struct ImageInput {
     pub hash: [u8; 32],
+    /// Empty when `features` were found in the cache before decoding.
     pub pixels: Arc<Vec<f32>>,
+    /// The image's resampled features, taken from the worker's cache by the hash of the bytes
+    /// (no decoding at all); the request holds them, so a later eviction cannot lose them.
+    pub features: Option<Tensor>,
+}
+
+/// What decoding an image may hold at its peak, from its header: the decoded frame at up to 8
+/// bytes a pixel (16-bit RGBA), the converted copy and the resampler's f32 rows (measured:
+/// ~11.5 bytes a pixel for a 16-bit grey PNG), rounded up.
+pub fn decode_cost(info: &ImageInfo) -> usize {
+    const BYTES_PER_PIXEL: usize = 16;
+    (info.width as usize)
+        .saturating_mul(info.height as usize)
+        .saturating_mul(BYTES_PER_PIXEL)
+}
+
+/// Everything image loading needs besides the payloads.
+pub struct ImageContext<'a> {
+    pub limits: &'a Limits,
+    pub spec: &'a PixelSpec,
+    pub cache: &'a SharedFeatureCache,
+    pub budget: &'a MemoryBudget,
+    /// Set when the client has gone: stop before the next expensive step.
+    pub cancelled: &'a AtomicBool,
+    pub deadline: Instant,
+}
+
+/// Loads a request's images in order: bytes and their hash first, then the feature cache, then
+/// (only for images neither cached nor seen earlier in the request) header probe, a share of
+/// the decode memory budget, and the decode itself.
+pub fn load_all(payloads: &[String], cx: &ImageContext) -> Result<Vec<ImageInput>, ApiError> {
+    let mut seen: HashMap<[u8; 32], ImageInput> = HashMap::new();
+    let mut out = Vec::with_capacity(payloads.len());
+    for (i, payload) in payloads.iter().enumerate() {
+        let what = format!("image {}", i + 1);
+        if cx.cancelled.load(Ordering::Relaxed) {
+            return Err(client_gone());
+        }
+        let bytes = payload_bytes(payload, cx.limits, &what)?;
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(done) = seen.get(&hash) {
+            out.push(done.clone());
+            continue;
+        }
+        let cached = cx
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash);
+        let input = match cached {
+            Some(features) => {
+                metrics::counter!(m::IMAGE_CACHE_HITS).increment(1);
+                ImageInput {
+                    hash,
+                    pixels: Arc::new(Vec::new()),
+                    features: Some(features),
+                }
+            }
+            None => {
+                let il = image_limits(cx.limits);
+                let info = preprocess::probe(&bytes, &il).map_err(|e| image_error(&what, e))?;
+                let _held = cx
+                    .budget
+                    .reserve(decode_cost(&info), cx.deadline, || {
+                        cx.cancelled.load(Ordering::Relaxed)
+                    })
+                    .map_err(|r| match r {
+                        Refused::Cancelled => client_gone(),
+                        Refused::TimedOut => ApiError::new(
+                            ErrorKind::Timeout,
+                            "the request passed its deadline waiting for image decoding memory (limits.preprocess_memory_bytes)",
+                        ),
+                    })?;
+                metrics::counter!(m::IMAGES_DECODED).increment(1);
+                let pixels = preprocess::preprocess(&bytes, &il, cx.spec)
+                    .map_err(|e| image_error(&what, e))?;
+                ImageInput {
+                    hash,
+                    pixels: Arc::new(pixels),
+                    features: None,
+                }
+            }
+        };
+        seen.insert(hash, input.clone());
+        out.push(input);
+    }
+    Ok(out)
+}
+
+/// Never seen by the client (it has gone); ends the work early.
+fn client_gone() -> ApiError {
+    ApiError::new(ErrorKind::InvalidRequest, "the client closed the connection")
 }
 
 /// Standard alphabet, padding optional (browsers and Python pad, some tools do not).
@@ -110,14 +210,20 @@ fn image_error(what: &str, e: ImageError) -> ApiError {
 
 /// Decodes and preprocesses one image. The header is probed first, so an image whose header
 /// claims huge dimensions is refused (413) before any pixel buffer is allocated.
-pub fn load(payload: &str, limits: &Limits, what: &str) -> Result<ImageInput, ApiError> {
+pub fn load(
+    payload: &str,
+    limits: &Limits,
+    spec: &PixelSpec,
+    what: &str,
+) -> Result<ImageInput, ApiError> {
     let bytes = payload_bytes(payload, limits, what)?;
     let il = image_limits(limits);
     preprocess::probe(&bytes, &il).map_err(|e| image_error(what, e))?;
-    let pixels = preprocess::preprocess(&bytes, &il).map_err(|e| image_error(what, e))?;
+    let pixels = preprocess::preprocess(&bytes, &il, spec).map_err(|e| image_error(what, e))?;
     Ok(ImageInput {
         hash: Sha256::digest(&bytes).into(),
         pixels: Arc::new(pixels),
+        features: None,
     })
 }
 
@@ -164,16 +270,22 @@ mod tests {
     #[test]
     fn images_decode_and_hash_by_bytes() {
         let l = Limits::default();
-        let a = load(PNG_1X1, &l, "x").unwrap();
-        let b = load(&format!("data:image/png;base64,{PNG_1X1}"), &l, "x").unwrap();
+        let spec = PixelSpec::default();
+        let a = load(PNG_1X1, &l, &spec, "x").unwrap();
+        let b = load(&format!("data:image/png;base64,{PNG_1X1}"), &l, &spec, "x").unwrap();
         assert_eq!(a.pixels.len(), 3 * 224 * 224);
         assert_eq!(a.hash, b.hash);
-        let e = load("aGVsbG8gd29ybGQ=", &l, "x").err().unwrap();
+        // Another model's size and mean/std.
+        let other = PixelSpec::square(112, [0.5; 3], [0.25; 3]);
+        let c = load(PNG_1X1, &l, &other, "x").unwrap();
+        assert_eq!(c.pixels.len(), 3 * 112 * 112);
+        assert_eq!(c.hash, a.hash);
+        let e = load("aGVsbG8gd29ybGQ=", &l, &spec, "x").err().unwrap();
         assert_eq!(e.kind, ErrorKind::Validation);
         // A truncated PNG (header only) is malformed input, not a server error.
         let truncated = &PNG_1X1[..40];
         assert_eq!(
-            load(truncated, &l, "x").err().unwrap().kind,
+            load(truncated, &l, &spec, "x").err().unwrap().kind,
             ErrorKind::Validation
         );
     }

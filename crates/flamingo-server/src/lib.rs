@@ -8,11 +8,13 @@
 pub mod affinity;
 pub mod api;
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod filter;
 pub mod images;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod prompt;
 pub mod routes;

@@ -2,6 +2,8 @@
 //! the blocking pool (never on the async threads, never on the model worker), queue the work and
 //! hand back a [`Session`] to read the output from.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -9,7 +11,7 @@ use axum::http::request::Parts;
 use tracing::Instrument;
 
 use crate::api::Parameters;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
 use crate::prompt::Rendered;
 use crate::session::{Final, Session, SessionConfig, Timings};
@@ -40,14 +42,32 @@ pub struct Generation {
     pub prompt: String,
     pub prompt_tokens: Vec<u32>,
     pub resolved: Resolved,
+    _in_flight: InFlight,
 }
 
-pub async fn start(
+/// Sets the flag when dropped: the request's future is dropped when its client disconnects, and
+/// the blocking preprocessing task checks the flag between expensive steps.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Validates, takes a queue place (429 before any work when the server is full), waits for a
+/// preprocessing slot, renders, tokenizes and decodes on the blocking pool, then queues.
+/// `render` runs on the blocking pool too: every step whose cost grows with the request is
+/// kept off the async threads that serve everyone else.
+pub async fn start<R>(
     s: &AppState,
     request_id: &str,
-    rendered: Rendered,
+    render: R,
     params: &Parameters,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, ApiError>
+where
+    R: FnOnce() -> Result<Rendered, ApiError> + Send + 'static,
+{
     let arrived = Instant::now();
     if s.draining() {
         return Err(ApiError::unavailable(
@@ -64,26 +84,47 @@ pub async fn start(
     }
     let resolved =
         tracing::debug_span!("validate").in_scope(|| validation::resolve(params, &s.cfg.limits))?;
+    let ticket = rt.worker.reserve()?;
+    let deadline = arrived + Duration::from_secs(s.cfg.server.request_timeout_s);
+    let _counted = InFlight::enter(&s.in_flight);
+    let permit = tokio::time::timeout_at(deadline.into(), rt.prep_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::Timeout,
+                "the request passed its deadline waiting for a preprocessing slot",
+            )
+        })?
+        .map_err(|_| ApiError::internal("the preprocessing slots are closed"))?;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let prep = rt.prep.clone();
-    let span = tracing::debug_span!("preprocess", images = rendered.images.len());
+    let span = tracing::debug_span!("preprocess");
     let prepared = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| validation::prepare(rendered, resolved, &prep))
+        let _permit = permit;
+        span.in_scope(|| {
+            let rendered = render()?;
+            validation::prepare(rendered, resolved, &prep, &cancelled, deadline)
+        })
     })
     .await
     .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
     let prepared_at = Instant::now();
     metrics::histogram!(m::PREPARE_SECONDS).record((prepared_at - arrived).as_secs_f64());
-    let deadline = arrived + Duration::from_secs(s.cfg.server.request_timeout_s);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    rt.worker.submit(WorkItem {
-        request_id: request_id.to_string(),
-        tokens: prepared.tokens.clone(),
-        images: prepared.images,
-        params: prepared.params,
-        events: tx,
-        deadline,
-        enqueued: prepared_at,
-    })?;
+    rt.worker.submit(
+        WorkItem {
+            request_id: request_id.to_string(),
+            tokens: prepared.tokens.clone(),
+            images: prepared.images,
+            params: prepared.params,
+            kv_bytes: prepared.kv_bytes,
+            events: tx,
+            deadline,
+            enqueued: prepared_at,
+        },
+        ticket,
+    )?;
     metrics::counter!(m::PROMPT_TOKENS).increment(prepared.tokens.len() as u64);
     let session = Session::new(
         rx,
@@ -92,7 +133,6 @@ pub async fn start(
             filter: s.filter.clone(),
             stop: prepared.resolved.stop.clone(),
             deadline,
-            script: s.hooks.script(),
             retry_after_s: s.cfg.server.retry_after_s,
             timings: Timings::new(arrived, prepared_at),
         },
@@ -103,7 +143,25 @@ pub async fn start(
         prompt: prepared.prompt,
         prompt_tokens: prepared.tokens,
         resolved: prepared.resolved,
+        _in_flight: InFlight::enter(&s.in_flight),
     })
+}
+
+/// Counts a generation from validation to its last byte: the drain waits for these, not for
+/// connections (a client that never finishes sending its request must not hold a shutdown).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Generation {

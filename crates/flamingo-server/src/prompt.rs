@@ -123,41 +123,89 @@ pub fn render_few_shot(
 
 /// TGI's inline form: each `![alt](data:...)` (or an http(s) URL, refused later with a clear
 /// message) becomes `<image>` and its URL an image; other markdown is left alone.
+///
+/// Linear in the text: a hostile `![![![...` must not cost a scan of the rest per `![`. Each
+/// search below starts at or after the previous one of its kind, so a found position stays valid
+/// until the cursor passes it ([`NextFrom`]), and every byte is looked at a bounded number of times.
 pub fn extract_markdown_images(text: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(text.len().min(4096));
     let mut images = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("![") {
-        let after = &rest[start + 2..];
+    let mut open = NextFrom::new(text, "![");
+    let mut close = NextFrom::new(text, "](");
+    let mut newline = NextFrom::new(text, "\n");
+    let mut paren = NextFrom::new(text, ")");
+    let mut copied = 0;
+    let mut cursor = 0;
+    while let Some(start) = open.at_or_after(cursor) {
+        let alt = start + 2;
         // `![alt](url)` with the alt text on one line.
-        let parsed = after
-            .find("](")
-            .filter(|&close| !after[..close].contains('\n'))
-            .and_then(|close| {
-                let url_part = &after[close + 2..];
-                url_part
-                    .find(')')
-                    .map(|end| (&url_part[..end], close + 2 + end + 1))
-            });
+        let parsed = close
+            .at_or_after(alt)
+            .filter(|&c| newline.at_or_after(alt).is_none_or(|n| n > c))
+            .and_then(|c| paren.at_or_after(c + 2).map(|end| (c + 2, end)));
         match parsed {
-            Some((url, consumed))
+            Some((url_start, end)) => {
+                let url = &text[url_start..end];
                 if url.starts_with("data:")
                     || url.starts_with("http://")
-                    || url.starts_with("https://") =>
-            {
-                out.push_str(&rest[..start]);
-                out.push_str(IMAGE);
-                images.push(url.trim().to_string());
-                rest = &after[consumed..];
+                    || url.starts_with("https://")
+                {
+                    out.push_str(&text[copied..start]);
+                    out.push_str(IMAGE);
+                    images.push(url.trim().to_string());
+                    copied = end + 1;
+                    cursor = end + 1;
+                    continue;
+                }
+                cursor = alt;
             }
-            _ => {
-                out.push_str(&rest[..start + 2]);
-                rest = after;
-            }
+            None => cursor = alt,
         }
     }
-    out.push_str(rest);
+    out.push_str(&text[copied..]);
     (out, images)
+}
+
+/// The next occurrence of a pattern at or after a position, for positions that never decrease:
+/// the last answer is reused while it is still ahead, so all calls together scan the text once.
+struct NextFrom<'a> {
+    text: &'a str,
+    pattern: &'static str,
+    /// The last answer (None: no occurrence at or after `searched_from`).
+    found: Option<usize>,
+    searched_from: usize,
+    searched: bool,
+}
+
+impl<'a> NextFrom<'a> {
+    fn new(text: &'a str, pattern: &'static str) -> Self {
+        Self {
+            text,
+            pattern,
+            found: None,
+            searched_from: 0,
+            searched: false,
+        }
+    }
+
+    fn at_or_after(&mut self, from: usize) -> Option<usize> {
+        debug_assert!(!self.searched || from >= self.searched_from);
+        let still_valid = self.searched
+            && match self.found {
+                Some(p) => p >= from,
+                None => true,
+            };
+        if !still_valid {
+            self.found = self
+                .text
+                .get(from..)
+                .and_then(|rest| rest.find(self.pattern))
+                .map(|p| from + p);
+            self.searched_from = from;
+            self.searched = true;
+        }
+        self.found
+    }
 }
 
 pub fn render_chat(messages: &[ChatMessage]) -> Result<Rendered, ApiError> {

@@ -4,58 +4,19 @@
 //! generated text can leave the server unfiltered. Dropping the session drops the event receiver,
 //! which makes the worker evict the sequence at its next step.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flamingo_model::engine::{FinishReason, GeneratedToken, Hypothesis};
-use flamingo_model::tokenizer::{FlamingoTokenizer, IncrementalDecoder};
-use serde::Serialize;
+use flamingo_model::tokenizer::FlamingoTokenizer;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::filter::{ContentFilter, StreamFilter};
+use crate::filter::ContentFilter;
 use crate::metrics as m;
+pub use crate::output::{Finish, TokenOut};
+use crate::output::{OutputGate, Release};
 use crate::worker::WorkerEvent;
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TokenOut {
-    pub id: u32,
-    /// The text this token released after stop-sequence handling and filtering; may be empty
-    /// while text is held back, and holds the flushed remainder on the last token.
-    pub text: String,
-    pub logprob: f32,
-    pub special: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    Length,
-    EosToken,
-    StopSequence,
-    ContentFilter,
-}
-
-impl Finish {
-    /// TGI's names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Length => "length",
-            Finish::EosToken => "eos_token",
-            Finish::StopSequence => "stop_sequence",
-            Finish::ContentFilter => "content_filter",
-        }
-    }
-
-    /// OpenAI's names.
-    pub fn openai(self) -> &'static str {
-        match self {
-            Finish::Length => "length",
-            Finish::EosToken | Finish::StopSequence => "stop",
-            Finish::ContentFilter => "content_filter",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Final {
@@ -68,10 +29,11 @@ pub struct Final {
     pub filtered: bool,
 }
 
-/// What one call to [`Session::next`] produced: a token, the end, or both (the last token).
+/// What one call to [`Session::next`] produced: the tokens the output gate released (none
+/// while it holds text back, several when it lets held text go), the end, or both.
 #[derive(Debug)]
 pub struct Step {
-    pub token: Option<TokenOut>,
+    pub tokens: Vec<TokenOut>,
     pub end: Option<Final>,
 }
 
@@ -117,19 +79,9 @@ impl Timings {
 
 pub struct Session {
     rx: Option<UnboundedReceiver<WorkerEvent>>,
-    tokenizer: Arc<FlamingoTokenizer>,
-    decoder: IncrementalDecoder,
-    filter: StreamFilter,
-    stop: Vec<String>,
-    /// Decoded text, cut at a stop sequence.
-    raw: String,
-    /// Bytes of `raw` handed to the filter.
-    released_raw: usize,
-    /// Filtered text released so far.
-    text: String,
+    gate: OutputGate,
     tokens: Vec<TokenOut>,
-    filtered: bool,
-    script: Option<VecDeque<String>>,
+    generated: usize,
     deadline: Instant,
     done: bool,
     retry_after_s: u64,
@@ -144,7 +96,6 @@ pub struct SessionConfig {
     pub filter: ContentFilter,
     pub stop: Vec<String>,
     pub deadline: Instant,
-    pub script: Option<Vec<String>>,
     pub retry_after_s: u64,
     pub timings: Timings,
 }
@@ -153,16 +104,9 @@ impl Session {
     pub fn new(rx: UnboundedReceiver<WorkerEvent>, cfg: SessionConfig) -> Self {
         Self {
             rx: Some(rx),
-            tokenizer: cfg.tokenizer,
-            decoder: IncrementalDecoder::new(),
-            filter: cfg.filter.stream(),
-            stop: cfg.stop,
-            raw: String::new(),
-            released_raw: 0,
-            text: String::new(),
+            gate: OutputGate::new(cfg.tokenizer, &cfg.filter, cfg.stop),
             tokens: Vec::new(),
-            filtered: false,
-            script: cfg.script.map(VecDeque::from),
+            generated: 0,
             deadline: cfg.deadline,
             done: false,
             retry_after_s: cfg.retry_after_s,
@@ -234,20 +178,11 @@ impl Session {
             self.timings.first_token = Some(now);
             metrics::histogram!(m::TTFT_SECONDS).record((now - self.timings.arrived).as_secs_f64());
         }
-        let (out, reason) = self.process(token, finish);
-        match reason {
-            Some(r) => Step {
-                token: Some(out),
-                end: Some(self.finish(r)),
-            },
-            None => Step {
-                token: Some(out),
-                end: None,
-            },
-        }
+        let release = self.process(token, finish);
+        self.step(release)
     }
 
-    /// A beam search's best hypothesis goes through the same path as streamed tokens, so stop
+    /// A beam search's best hypothesis goes through the same gate as streamed tokens, so stop
     /// sequences and the filter treat it identically.
     fn on_beams(&mut self, reason: FinishReason, hypotheses: Vec<Hypothesis>) -> Step {
         let best = hypotheses
@@ -256,91 +191,59 @@ impl Session {
             .map(|h| h.tokens)
             .unwrap_or_default();
         let n = best.len();
+        let mut released = Vec::new();
         for (i, token) in best.into_iter().enumerate() {
             let engine_finish = (i + 1 == n).then_some(reason);
-            if let (_, Some(r)) = self.process(token, engine_finish) {
+            let release = self.process(token, engine_finish);
+            released.extend(release.tokens);
+            if let Some(r) = release.finish {
                 return Step {
-                    token: None,
-                    end: Some(self.finish(r)),
+                    tokens: Vec::new(),
+                    end: Some(self.finish(r, released)),
                 };
             }
         }
         // Only reached with no tokens: the last one above always ends the generation.
         Step {
-            token: None,
-            end: Some(self.finish(engine_reason(reason))),
+            tokens: Vec::new(),
+            end: Some(self.finish(engine_reason(reason), released)),
         }
     }
 
-    /// Text of one token through detokenization, stop sequences and the filter.
-    fn process(
-        &mut self,
-        token: GeneratedToken,
-        engine_finish: Option<FinishReason>,
-    ) -> (TokenOut, Option<Finish>) {
-        let mut reason = engine_finish.map(engine_reason);
-        let piece = match &mut self.script {
-            Some(words) => {
-                let w = words.pop_front().unwrap_or_default();
-                if words.is_empty() && reason.is_none() {
-                    reason = Some(Finish::EosToken);
+    fn process(&mut self, token: GeneratedToken, engine_finish: Option<FinishReason>) -> Release {
+        self.generated += 1;
+        self.gate.push(token, engine_finish.map(engine_reason))
+    }
+
+    fn step(&mut self, release: Release) -> Step {
+        match release.finish {
+            Some(r) => {
+                let tokens = release.tokens.clone();
+                Step {
+                    end: Some(self.finish(r, release.tokens)),
+                    tokens,
                 }
-                w
             }
             None => {
-                let mut p = self
-                    .decoder
-                    .push(&self.tokenizer, token.id)
-                    .unwrap_or_default();
-                if reason.is_some() {
-                    p.push_str(&self.decoder.finish(&self.tokenizer).unwrap_or_default());
+                self.tokens.extend(release.tokens.iter().cloned());
+                Step {
+                    tokens: release.tokens,
+                    end: None,
                 }
-                p
             }
-        };
-        self.raw.push_str(&piece);
-        if let Some(pos) = first_stop(&self.raw, &self.stop, self.released_raw) {
-            self.raw.truncate(pos);
-            reason = Some(Finish::StopSequence);
         }
-        let hold = if reason.is_some() {
-            0
-        } else {
-            stop_prefix_len(&self.raw, &self.stop)
-        };
-        let end = (self.raw.len() - hold).max(self.released_raw);
-        let chunk = self.filter.push(&self.raw[self.released_raw..end]);
-        self.released_raw = end;
-        let (mut text, mut acted, mut blocked) = (chunk.text, chunk.acted, chunk.blocked);
-        if reason.is_some() && !blocked {
-            let rest = self.filter.finish();
-            text.push_str(&rest.text);
-            acted |= rest.acted;
-            blocked |= rest.blocked;
-        }
-        if blocked {
-            reason = Some(Finish::ContentFilter);
-        }
-        self.filtered |= acted;
-        self.text.push_str(&text);
-        let out = TokenOut {
-            id: token.id,
-            text,
-            logprob: token.logprob,
-            special: self.tokenizer.is_special(token.id),
-        };
-        self.tokens.push(out.clone());
-        (out, reason)
     }
 
-    fn finish(&mut self, reason: Finish) -> Final {
+    fn finish(&mut self, reason: Finish, last: Vec<TokenOut>) -> Final {
+        self.tokens.extend(last);
         // The worker may still be generating (stop sequence, filter block, script end): dropping
         // the receiver evicts the sequence at its next step.
         self.done = true;
         self.rx = None;
         self.stage = tracing::Span::none();
         self.timings.finished = Some(Instant::now());
-        if self.filtered {
+        let filtered = self.gate.filtered;
+        if filtered {
             let action = if reason == Finish::ContentFilter {
                 "block"
             } else {
@@ -349,19 +252,15 @@ impl Session {
             metrics::counter!(m::FILTER_ACTIONS, "action" => action).increment(1);
         }
         metrics::counter!(m::FINISHED, "finish_reason" => reason.as_str()).increment(1);
-        metrics::histogram!(m::GENERATED_PER_REQUEST).record(self.tokens.len() as f64);
+        metrics::histogram!(m::GENERATED_PER_REQUEST).record(self.generated as f64);
         metrics::histogram!(m::GENERATION_SECONDS)
             .record(self.timings.arrived.elapsed().as_secs_f64());
         Final {
-            generated_text: if reason == Finish::ContentFilter {
-                String::new()
-            } else {
-                self.text.clone()
-            },
+            generated_text: self.gate.released_text().to_string(),
             finish_reason: reason,
-            generated_tokens: self.tokens.len(),
+            generated_tokens: self.generated,
             tokens: std::mem::take(&mut self.tokens),
-            filtered: self.filtered,
+            filtered,
         }
     }
 }
@@ -371,37 +270,6 @@ fn engine_reason(r: FinishReason) -> Finish {
         FinishReason::Length => Finish::Length,
         FinishReason::StopToken => Finish::EosToken,
     }
-}
-
-/// Byte offset of the earliest stop sequence in `text`. Only matches that end after `released`
-/// are new; anything earlier was already ruled out (it would have stopped the text then).
-fn first_stop(text: &str, stops: &[String], released: usize) -> Option<usize> {
-    stops
-        .iter()
-        .filter_map(|s| {
-            let from = floor_char_boundary(text, released.saturating_sub(s.len()));
-            text[from..].find(s.as_str()).map(|p| from + p)
-        })
-        .min()
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// Length of the longest suffix of `text` that starts one of the stop sequences: held back in a
-/// stream until it is known whether the stop sequence completes.
-fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
-    stops
-        .iter()
-        .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
-        .filter(|prefix| text.ends_with(prefix))
-        .map(str::len)
-        .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -418,121 +286,182 @@ mod tests {
         Arc::new(FlamingoTokenizer::from_file(std::path::Path::new(path)).unwrap())
     }
 
-    fn session(
+    /// A session fed with the real token ids of `text` (as a model would have generated them),
+    /// the last one ending the sequence with `end`.
+    fn session_with(
         mode: FilterMode,
         stop: &[&str],
-        script: &str,
-    ) -> (Session, tokio::sync::mpsc::UnboundedSender<WorkerEvent>) {
+        text: &str,
+        end: FinishReason,
+    ) -> (Session, Vec<u32>) {
+        let tok = tokenizer();
+        let ids: Vec<u32> = tok.encode(text).unwrap().into_iter().skip(1).collect();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let now = Instant::now();
         let cfg = SessionConfig {
-            tokenizer: tokenizer(),
+            tokenizer: tok,
             filter: ContentFilter::new(FilterConfig {
                 mode,
                 ..FilterConfig::default()
             }),
             stop: stop.iter().map(|s| s.to_string()).collect(),
             deadline: now + Duration::from_secs(10),
-            script: Some(script.split_inclusive(' ').map(str::to_string).collect()),
             retry_after_s: 1,
             timings: Timings::new(now, now),
         };
-        (Session::new(rx, cfg), tx)
-    }
-
-    fn send_tokens(tx: &tokio::sync::mpsc::UnboundedSender<WorkerEvent>, n: usize) {
-        for i in 0..n {
-            let finish = (i + 1 == n).then_some(FinishReason::Length);
+        for (i, &id) in ids.iter().enumerate() {
+            let finish = (i + 1 == ids.len()).then_some(end);
             tx.send(WorkerEvent::Token {
-                token: GeneratedToken {
-                    id: 10,
-                    logprob: -1.0,
-                },
+                token: GeneratedToken { id, logprob: -1.0 },
                 finish,
             })
             .unwrap();
         }
+        (Session::new(rx, cfg), ids)
     }
 
-    async fn run(s: &mut Session) -> (String, Final) {
+    fn session(mode: FilterMode, stop: &[&str], text: &str) -> (Session, Vec<u32>) {
+        session_with(mode, stop, text, FinishReason::StopToken)
+    }
+
+    async fn run(s: &mut Session) -> (String, Vec<TokenOut>, Final) {
         let mut streamed = String::new();
+        let mut tokens = Vec::new();
         while let Some(step) = s.next().await {
             let step = step.unwrap();
-            if let Some(t) = step.token {
+            for t in step.tokens {
                 streamed.push_str(&t.text);
+                tokens.push(t);
             }
             if let Some(end) = step.end {
-                return (streamed, end);
+                return (streamed, tokens, end);
             }
         }
         panic!("no end");
     }
 
-    #[tokio::test]
-    async fn censors_across_token_boundaries() {
-        let (mut s, tx) = session(FilterMode::Censor, &[], "what a fucking mess");
-        send_tokens(&tx, 10);
-        let (streamed, end) = run(&mut s).await;
-        assert_eq!(streamed, end.generated_text);
-        assert!(
-            !end.generated_text.contains("fucking"),
-            "{}",
-            end.generated_text
-        );
-        assert!(end.generated_text.starts_with("what a f"));
-        assert!(end.filtered);
-        assert_eq!(
-            end.finish_reason,
-            Finish::EosToken,
-            "the script ended the generation"
-        );
-        assert_eq!(end.generated_tokens, 4);
+    fn decoded(ids: impl IntoIterator<Item = u32>) -> String {
+        let ids: Vec<u32> = ids.into_iter().collect();
+        tokenizer().decode(&ids, true).unwrap()
     }
 
     #[tokio::test]
-    async fn block_withholds_and_stops() {
-        let (mut s, tx) = session(FilterMode::Block, &[], "a nice shit day today");
-        send_tokens(&tx, 10);
-        let (_, end) = run(&mut s).await;
+    async fn censors_across_token_boundaries_and_redacts_the_ids() {
+        let (mut s, ids) = session(FilterMode::Censor, &[], "what a fucking mess");
+        assert!(decoded(ids.clone()).contains("fucking"), "the ids carry the word");
+        let (streamed, tokens, end) = run(&mut s).await;
+        assert_eq!(streamed, end.generated_text);
+        assert!(!end.generated_text.contains("fucking"), "{}", end.generated_text);
+        assert!(end.generated_text.starts_with("what a f"));
+        assert!(end.generated_text.ends_with(" mess"));
+        assert!(end.filtered);
+        assert_eq!(end.finish_reason, Finish::EosToken);
+        assert_eq!(end.generated_tokens, ids.len());
+        assert_eq!(end.tokens, tokens, "details list what the stream released");
+        assert_eq!(tokens.len(), ids.len(), "every token leaves, some redacted");
+        let leaked = decoded(tokens.iter().map(|t| t.id));
+        assert!(!leaked.contains("fuck"), "ids decode to {leaked:?}");
+        assert!(
+            tokens.iter().any(|t| t.id == ids[0]),
+            "clean tokens keep their ids"
+        );
+    }
+
+    #[tokio::test]
+    async fn block_withholds_text_and_ids() {
+        let (mut s, _) = session(FilterMode::Block, &[], "a nice shit day today");
+        let (streamed, tokens, end) = run(&mut s).await;
         assert_eq!(end.finish_reason, Finish::ContentFilter);
         assert_eq!(end.generated_text, "");
+        assert!(!streamed.contains("shit"));
+        assert!(!decoded(tokens.iter().map(|t| t.id)).contains("shit"));
+        assert!(!decoded(end.tokens.iter().map(|t| t.id)).contains("shit"));
         assert!(end.filtered);
-        assert!(
-            end.generated_tokens < 5,
-            "generation stopped at the offending word"
-        );
     }
 
     #[tokio::test]
     async fn stop_sequences_cut_and_are_never_half_sent() {
-        let (mut s, tx) = session(FilterMode::Off, &["END here"], "one two END here three");
-        send_tokens(&tx, 10);
-        let (streamed, end) = run(&mut s).await;
+        let (mut s, _) = session(FilterMode::Off, &["END here"], "one two END here three");
+        let (streamed, _, end) = run(&mut s).await;
         assert_eq!(end.generated_text, "one two ");
         assert_eq!(streamed, "one two ");
         assert_eq!(end.finish_reason, Finish::StopSequence);
     }
 
     #[tokio::test]
-    async fn clean_text_passes_unchanged() {
-        let (mut s, tx) = session(FilterMode::Censor, &[], "a cat on a mat");
-        send_tokens(&tx, 3);
-        let (streamed, end) = run(&mut s).await;
-        assert_eq!(end.generated_text, "a cat on ");
+    async fn stop_sequences_match_the_filtered_text_only() {
+        // A stop sequence equal to the masked word must not fire: it would tell the client the
+        // hidden word.
+        let (mut s, _) = session(FilterMode::Censor, &["fucking"], "what a fucking mess");
+        let (_, _, end) = run(&mut s).await;
+        assert_eq!(end.finish_reason, Finish::EosToken, "{:?}", end.generated_text);
+        assert!(end.generated_text.ends_with(" mess"));
+        // The masked text itself can match.
+        let (mut s, _) = session(FilterMode::Censor, &["*** "], "what a fucking mess");
+        let (_, _, end) = run(&mut s).await;
+        assert_eq!(end.finish_reason, Finish::StopSequence);
+    }
+
+    #[tokio::test]
+    async fn clean_text_passes_unchanged_and_specials_add_no_text() {
+        let (mut s, ids) = session(FilterMode::Censor, &[], "a cat on a mat");
+        let (streamed, tokens, end) = run(&mut s).await;
+        assert_eq!(end.generated_text, "a cat on a mat");
         assert_eq!(streamed, end.generated_text);
         assert!(!end.filtered);
-        assert_eq!(end.finish_reason, Finish::Length);
+        assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+
+        let tok = tokenizer();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let now = Instant::now();
+        let mut s = Session::new(
+            rx,
+            SessionConfig {
+                tokenizer: tok.clone(),
+                filter: ContentFilter::new(FilterConfig::default()),
+                stop: Vec::new(),
+                deadline: now + Duration::from_secs(10),
+                retry_after_s: 1,
+                timings: Timings::new(now, now),
+            },
+        );
+        for (id, finish) in [(ids[0], None), (tok.eos_id, Some(FinishReason::StopToken))] {
+            tx.send(WorkerEvent::Token {
+                token: GeneratedToken { id, logprob: -1.0 },
+                finish,
+            })
+            .unwrap();
+        }
+        let (_, tokens, end) = run(&mut s).await;
+        assert_eq!(end.generated_text, "a", "no </s> in the text");
+        assert!(tokens.last().unwrap().special);
     }
 
     #[tokio::test]
     async fn worker_loss_and_deadline_are_errors_not_hangs() {
-        let (mut s, tx) = session(FilterMode::Off, &[], "x y");
+        let tok = tokenizer();
+        let make = |deadline: Duration| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<WorkerEvent>();
+            let now = Instant::now();
+            let s = Session::new(
+                rx,
+                SessionConfig {
+                    tokenizer: tok.clone(),
+                    filter: ContentFilter::new(FilterConfig::default()),
+                    stop: Vec::new(),
+                    deadline: now + deadline,
+                    retry_after_s: 1,
+                    timings: Timings::new(now, now),
+                },
+            );
+            (s, tx)
+        };
+        let (mut s, tx) = make(Duration::from_secs(10));
         drop(tx);
         let e = s.next().await.unwrap().unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert!(s.next().await.is_none());
-        let (mut s, _tx) = session(FilterMode::Off, &[], "x y");
-        s.deadline = Instant::now() + Duration::from_millis(20);
+        let (mut s, _tx) = make(Duration::from_millis(20));
         assert_eq!(
             s.next().await.unwrap().unwrap_err().kind,
             ErrorKind::Timeout
@@ -541,6 +470,7 @@ mod tests {
 
     #[test]
     fn stop_helpers() {
+        use crate::output::{first_stop, stop_prefix_len};
         let stops = vec!["\nQuestion".to_string()];
         assert_eq!(stop_prefix_len("a cat\nQue", &stops), 4);
         assert_eq!(stop_prefix_len("a cat", &stops), 0);

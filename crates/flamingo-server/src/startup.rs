@@ -1,20 +1,24 @@
 //! Loading: model paths from the config, load options, tokenizer, worker; the `/info` summary.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use flamingo_model::engine::Engine;
 use flamingo_model::linear::Quantization;
 use flamingo_model::tokenizer::FlamingoTokenizer;
+use flamingo_model::config::FlamingoConfig;
 use flamingo_model::{Flamingo, LoadOptions, MediaRule, ModelPaths, VisionWeights};
 use serde_json::json;
 
 use crate::config::{Config, DEFAULT_MODEL_DIR};
 use crate::state::Runtime;
 use crate::testing::TestHooks;
+use crate::budget::MemoryBudget;
 use crate::validation::PrepContext;
+use crate::worker::cache::{FeatureCache, SharedFeatureCache};
+use crate::worker::policy::KvShape;
 use crate::worker::{self, WorkerConfig};
 
 /// A relative path is taken from the working directory; if it is not there, from the source
@@ -138,7 +142,18 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         FlamingoTokenizer::from_file(&paths.tokenizer)
             .map_err(|e| format!("model.tokenizer ({}): {e}", paths.tokenizer.display()))?,
     );
+    model
+        .check_tokenizer(&tokenizer)
+        .map_err(|e| format!("model.tokenizer ({}): {e}", paths.tokenizer.display()))?;
     crate::filter::warm_up();
+    let mut hooks = hooks.clone();
+    if let Some(text) = &hooks.scripted_output {
+        let ids = tokenizer
+            .encode(text)
+            .map_err(|e| format!("{}: {e}", crate::testing::SCRIPTED_OUTPUT))?;
+        // Without the BOS the encoder puts first.
+        hooks.scripted_ids = Some(ids.into_iter().skip(1).collect());
+    }
     let model = Arc::new(model);
     let mc = model.config();
     let model_info = json!({
@@ -158,11 +173,25 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
             "cross_attn_every_n_layers": mc.cross_attn_every_n_layers,
         },
     });
+    let kv = kv_shape(model.config(), model.dtype());
+    let max_kv_bytes = kv_budget(cfg);
+    let cache: SharedFeatureCache = Arc::new(Mutex::new(FeatureCache::new(
+        cfg.limits.image_cache_entries,
+    )));
     let prep = Arc::new(PrepContext {
         tokenizer: tokenizer.clone(),
         limits: cfg.limits.clone(),
         max_positions: model.max_positions(),
         checker: Engine::new(model.clone()),
+        pixels: model.pixel_spec(),
+        max_prompt_bytes: cfg
+            .limits
+            .max_input_tokens
+            .saturating_mul(tokenizer.max_piece_bytes()),
+        kv,
+        max_kv_bytes,
+        cache: cache.clone(),
+        decode_budget: MemoryBudget::new(cfg.limits.preprocess_memory_bytes as usize),
     });
     let l = &cfg.limits;
     let worker = worker::spawn(
@@ -170,10 +199,11 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         WorkerConfig {
             max_batch_size: l.max_batch_size,
             max_batch_tokens: l.max_batch_tokens,
+            max_kv_bytes,
+            cache,
             max_queue: l.max_queue,
-            image_cache_entries: l.image_cache_entries,
             retry_after_s: cfg.server.retry_after_s,
-            hooks: hooks.clone(),
+            hooks,
         },
     )
     .map_err(|e| format!("starting the model worker: {e}"))?;
@@ -182,10 +212,65 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         max_positions = prep.max_positions,
         "model loaded"
     );
+    let slots = match l.preprocess_slots {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    tracing::info!(
+        max_kv_bytes,
+        kv_bytes_per_position = kv.per_token,
+        kv_bytes_per_image = kv.per_image,
+        preprocess_slots = slots,
+        "admission budgets"
+    );
     Ok(Runtime {
         tokenizer,
         prep,
         worker,
+        prep_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         model_info,
     })
+}
+
+/// KV-cache bytes per position and per image of one row, from the model's shape.
+pub fn kv_shape(mc: &FlamingoConfig, dtype: DType) -> KvShape {
+    let bytes = dtype.size_in_bytes();
+    let ll = &mc.llama;
+    let head_dim = ll.hidden_size / ll.num_attention_heads.max(1);
+    let kv_heads = ll.num_key_value_heads.unwrap_or(ll.num_attention_heads);
+    let per_token = ll.num_hidden_layers * 2 * kv_heads * head_dim * bytes;
+    let xattn_layers = ll
+        .num_hidden_layers
+        .div_ceil(mc.cross_attn_every_n_layers.max(1));
+    let per_image = xattn_layers
+        * 2
+        * mc.resampler.num_latents
+        * mc.xattn.heads
+        * mc.xattn.dim_head
+        * bytes;
+    KvShape {
+        per_token,
+        per_image,
+    }
+}
+
+/// `limits.max_kv_bytes`, or the automatic default: on the CPU half the memory available now
+/// (the weights are loaded already), on a GPU 16 GiB.
+fn kv_budget(cfg: &Config) -> usize {
+    if cfg.limits.max_kv_bytes > 0 {
+        return cfg.limits.max_kv_bytes as usize;
+    }
+    const GPU_DEFAULT: usize = 16 << 30;
+    if cfg.model.device != "cpu" {
+        return GPU_DEFAULT;
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map(|kb| kb * 1024);
+    available.map_or(4 << 30, |a| a / 2)
 }

@@ -3,7 +3,7 @@
 //! minutes-long model load instead of the port refusing connections.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -21,6 +21,8 @@ pub struct Runtime {
     pub tokenizer: Arc<FlamingoTokenizer>,
     pub prep: Arc<PrepContext>,
     pub worker: WorkerHandle,
+    /// Requests preprocessed at once (limits.preprocess_slots).
+    pub prep_slots: Arc<tokio::sync::Semaphore>,
     /// The static part of `/info` (model, dtype, device, sizes).
     pub model_info: serde_json::Value,
 }
@@ -30,8 +32,12 @@ pub struct Shared {
     pub filter: ContentFilter,
     pub hooks: TestHooks,
     pub prometheus: Option<PrometheusHandle>,
-    /// Set on SIGTERM/SIGINT: `/ready` answers 503 and new generations are refused.
+    /// Set on SIGTERM/SIGINT once the pre-stop window is over: new generations are refused.
     pub draining: AtomicBool,
+    /// Set on SIGTERM/SIGINT at once: `/ready` answers 503 (the pre-stop window still serves).
+    pub stopping: AtomicBool,
+    /// Generations between validation and their last byte (the drain waits for these).
+    pub in_flight: Arc<AtomicUsize>,
     pub started: Instant,
     runtime: OnceLock<Runtime>,
 }
@@ -54,6 +60,8 @@ impl AppState {
             hooks,
             prometheus,
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
             runtime: OnceLock::new(),
         }))
@@ -82,7 +90,7 @@ impl AppState {
 
     /// Why the server is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
-        if self.draining() {
+        if self.draining() || self.stopping.load(Ordering::SeqCst) {
             Some("shutting down")
         } else {
             match self.try_runtime() {

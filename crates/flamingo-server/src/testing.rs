@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 pub const ENV_PREFIX: &str = "FLAMINGO_TEST_";
-/// Replaces the text of generated tokens by the words of this text, one word per token; the
-/// generation ends with the last word (`finish_reason: eos_token`). Token ids stay the model's.
+/// The model "generates" the tokens of this text (its real ids, as the tokenizer encodes it),
+/// then ends the sequence (`finish_reason: eos_token`): the whole output path (detokenizer,
+/// filter, stop sequences, ids, log-probabilities) runs on real ids a weight edit could produce.
 pub const SCRIPTED_OUTPUT: &str = "FLAMINGO_TEST_SCRIPTED_OUTPUT";
 /// Sleeps this many milliseconds after every model step (makes batches overlap in tests).
 pub const STEP_DELAY_MS: &str = "FLAMINGO_TEST_STEP_DELAY_MS";
@@ -20,6 +21,8 @@ pub struct TestHooks {
     pub scripted_output: Option<String>,
     pub step_delay: Option<Duration>,
     pub panic_at_step: Option<u64>,
+    /// `scripted_output` tokenized, set once the tokenizer is loaded.
+    pub scripted_ids: Option<Vec<u32>>,
 }
 
 impl TestHooks {
@@ -38,17 +41,11 @@ impl TestHooks {
             scripted_output: std::env::var(SCRIPTED_OUTPUT).ok(),
             step_delay: number(STEP_DELAY_MS)?.map(Duration::from_millis),
             panic_at_step: number(PANIC_AT_STEP)?,
+            scripted_ids: None,
         })
     }
 
     pub fn any(&self) -> bool {
         self.scripted_output.is_some() || self.step_delay.is_some() || self.panic_at_step.is_some()
-    }
-
-    /// The scripted words, in order (each keeps its trailing space).
-    pub fn script(&self) -> Option<Vec<String>> {
-        self.scripted_output
-            .as_ref()
-            .map(|s| s.split_inclusive(' ').map(str::to_string).collect())
     }
 }

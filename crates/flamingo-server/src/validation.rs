@@ -3,16 +3,22 @@
 //! Every failure is a 4xx naming the field; the model's own checks (`Engine::validate`) run here
 //! too, so the worker only ever sees requests it can run.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flamingo_model::engine::{Engine, GenerationParams};
+use flamingo_model::preprocess::PixelSpec;
 use flamingo_model::sampling::SamplingParams;
 use flamingo_model::tokenizer::FlamingoTokenizer;
 
 use crate::api::Parameters;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::images::{self, ImageInput};
+use crate::budget::MemoryBudget;
+use crate::images::{self, ImageContext, ImageInput};
+use crate::worker::cache::SharedFeatureCache;
+use crate::worker::policy::KvShape;
 use crate::prompt::Rendered;
 
 /// What preparation needs from the loaded model.
@@ -22,6 +28,18 @@ pub struct PrepContext {
     pub max_positions: usize,
     /// Never stepped: only its `validate` (the model's rules for a sequence) is used.
     pub checker: Engine,
+    /// Image size, mean and std the loaded model's files declare.
+    pub pixels: PixelSpec,
+    /// Longest prompt text (bytes, images excluded) that could fit in `max_input_tokens`:
+    /// anything longer is refused before the tokenizer sees it.
+    pub max_prompt_bytes: usize,
+    /// KV bytes per position and per image, and the batch's budget (limits.max_kv_bytes).
+    pub kv: KvShape,
+    pub max_kv_bytes: usize,
+    /// The worker's feature cache, looked up by image hash before decoding.
+    pub cache: SharedFeatureCache,
+    /// Memory concurrent image decodes share (limits.preprocess_memory_bytes).
+    pub decode_budget: MemoryBudget,
 }
 
 /// Validated parameters; `max_new_tokens` is settled once the prompt length is known.
@@ -46,6 +64,8 @@ pub struct Prepared {
     pub images: Vec<ImageInput>,
     pub params: GenerationParams,
     pub resolved: Resolved,
+    /// KV-cache bytes the sequence reserves while it runs.
+    pub kv_bytes: usize,
 }
 
 /// Temperatures below this decode greedily.
@@ -90,10 +110,11 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
         }
     }
     if let Some(r) = p.repetition_penalty {
-        if !(r > 0.0 && r.is_finite()) {
+        // Subnormal values pass `> 0` but dividing by them overflows to infinity.
+        if !(r > 0.0 && r.is_normal()) {
             return Err(bad(
                 "repetition_penalty",
-                format!("`repetition_penalty` must be > 0 (got {r})"),
+                format!("`repetition_penalty` must be a normal number > 0 (got {r:e})"),
             ));
         }
     }
@@ -171,10 +192,13 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
 }
 
 /// Tokenizes, checks counts and limits, then decodes the images (the expensive part, last).
+/// Runs on the blocking pool; `cancelled` (the client left) stops it between images.
 pub fn prepare(
     rendered: Rendered,
     resolved: Resolved,
     ctx: &PrepContext,
+    cancelled: &AtomicBool,
+    deadline: Instant,
 ) -> Result<Prepared, ApiError> {
     let l = &ctx.limits;
     let n_images = rendered.images.len();
@@ -184,6 +208,18 @@ pub fn prepare(
             format!(
                 "at most {} images per request (got {n_images})",
                 l.max_images
+            ),
+        ));
+    }
+    // The tokenizer's time and memory grow with the text: refuse what cannot fit by its size.
+    if rendered.prompt.len() > ctx.max_prompt_bytes {
+        return Err(bad(
+            "inputs",
+            format!(
+                "the prompt text has {} bytes; no prompt over {} bytes fits in limits.max_input_tokens ({})",
+                rendered.prompt.len(),
+                ctx.max_prompt_bytes,
+                l.max_input_tokens
             ),
         ));
     }
@@ -243,18 +279,45 @@ pub fn prepare(
     ctx.checker
         .validate(&tokens, n_images, &params)
         .map_err(|e| bad("inputs", e.to_string()))?;
-    let images = rendered
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, payload)| images::load(payload, l, &format!("image {}", i + 1)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let kv_bytes = ctx.kv.reservation(
+        params.num_beams,
+        tokens.len() + max_new_tokens,
+        n_images,
+    );
+    if kv_bytes > ctx.max_kv_bytes {
+        let param = if params.num_beams > 1 {
+            "num_beams"
+        } else {
+            "max_new_tokens"
+        };
+        return Err(bad(
+            param,
+            format!(
+                "this request needs {kv_bytes} bytes of KV cache ({} rows x {} positions, {n_images} images); limits.max_kv_bytes is {}",
+                params.num_beams,
+                tokens.len() + max_new_tokens,
+                ctx.max_kv_bytes
+            ),
+        ));
+    }
+    let images = images::load_all(
+        &rendered.images,
+        &ImageContext {
+            limits: l,
+            spec: &ctx.pixels,
+            cache: &ctx.cache,
+            budget: &ctx.decode_budget,
+            cancelled,
+            deadline,
+        },
+    )?;
     Ok(Prepared {
         prompt: rendered.prompt,
         tokens,
         images,
         params,
         resolved,
+        kv_bytes,
     })
 }
 

@@ -71,6 +71,21 @@ fn params(req: &ChatRequest) -> Result<Parameters, ApiError> {
     })
 }
 
+/// Validation speaks TGI's names (`max_new_tokens`, `inputs`); a `/v1` client sent OpenAI's.
+fn openai_names(mut e: ApiError) -> ApiError {
+    e.param = e.param.map(|p| match p.as_str() {
+        "max_new_tokens" => "max_tokens".to_string(),
+        "inputs" | "images" => "messages".to_string(),
+        _ => p,
+    });
+    e.message = e
+        .message
+        .replace("`inputs`", "`messages`")
+        .replace("max_new_tokens", "max_tokens")
+        .replace("limits.max_tokens", "limits.max_new_tokens");
+    e
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,10 +108,12 @@ pub async fn chat_completions(
     id: RequestId,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body?;
-    let rendered = render_chat(&req.messages)?;
+    let Json(mut req) = body?;
     let p = params(&req)?;
-    let mut g = pipeline::start(&s, &id.0, rendered, &p).await?;
+    let messages = std::mem::take(&mut req.messages);
+    let mut g = pipeline::start(&s, &id.0, move || render_chat(&messages), &p)
+        .await
+        .map_err(openai_names)?;
     let completion_id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = s.cfg.model.id.clone();
     let created = now_unix();
@@ -108,7 +125,6 @@ pub async fn chat_completions(
             .await
             .inspect_err(|e| g.log_failed("/v1/chat/completions", e))?;
         g.log_finished("/v1/chat/completions", &f);
-        let blocked = f.finish_reason == crate::session::Finish::ContentFilter;
         let body = json!({
             "id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": null,
@@ -116,7 +132,7 @@ pub async fn chat_completions(
                 "index": 0,
                 "message": {"role": "assistant", "content": f.generated_text},
                 "finish_reason": f.finish_reason.openai(),
-                "logprobs": if want_logprobs && !blocked { logprobs(&f.tokens) } else { Value::Null },
+                "logprobs": if want_logprobs { logprobs(&f.tokens) } else { Value::Null },
             }],
             "usage": usage(prompt_tokens, f.generated_tokens),
             "filtered": f.filtered,
@@ -146,8 +162,8 @@ pub async fn chat_completions(
                     break;
                 }
             };
-            if let Some(t) = step.token.filter(|t| !t.text.is_empty()) {
-                let lp = if want_logprobs { logprobs(std::slice::from_ref(&t)) } else { Value::Null };
+            for t in step.tokens.iter().filter(|t| !t.text.is_empty()) {
+                let lp = if want_logprobs { logprobs(std::slice::from_ref(t)) } else { Value::Null };
                 yield Ok(sse::json(&chunk(json!({"content": t.text}), None, lp)));
             }
             if let Some(f) = step.end {

@@ -13,7 +13,6 @@ use crate::api::GenerateRequest;
 use crate::error::ApiError;
 use crate::pipeline::{self, Generation, RequestId};
 use crate::prompt::render_generate;
-use crate::session::{Final, TokenOut};
 use crate::sse;
 use crate::state::AppState;
 
@@ -23,9 +22,8 @@ async fn begin(
     body: Result<Json<GenerateRequest>, JsonRejection>,
 ) -> Result<Generation, ApiError> {
     let Json(req) = body?;
-    let rendered = render_generate(&req)?;
-    let params = req.parameters.unwrap_or_default();
-    pipeline::start(s, &id.0, rendered, &params).await
+    let params = req.parameters.clone().unwrap_or_default();
+    pipeline::start(s, &id.0, move || render_generate(&req), &params).await
 }
 
 pub async fn generate(
@@ -62,22 +60,13 @@ pub async fn generate(
             "finish_reason": f.finish_reason.as_str(),
             "generated_tokens": f.generated_tokens,
             "seed": r.seed,
-            "tokens": withheld_if_blocked(&f),
+            "tokens": f.tokens,
             "prefill": prefill,
         });
     }
     let mut response = Json(body).into_response();
     timing_headers(&mut response, &g);
     Ok(response)
-}
-
-/// A blocked output is withheld whole: no token text leaves either.
-fn withheld_if_blocked(f: &Final) -> Vec<TokenOut> {
-    let mut tokens = f.tokens.clone();
-    if f.finish_reason == crate::session::Finish::ContentFilter {
-        tokens.iter_mut().for_each(|t| t.text.clear());
-    }
-    tokens
 }
 
 /// `x-timings` (for clients and the benchmark) and the standard `Server-Timing`.
@@ -123,21 +112,24 @@ pub async fn generate_stream(
                     break;
                 }
             };
-            index += 1;
-            let token = step.token.map(|t| json!(t)).unwrap_or(Value::Null);
-            match step.end {
-                None => yield Ok(sse::json(&json!({"index": index, "token": token, "generated_text": null, "details": null}))),
-                Some(f) => {
-                    g.log_finished("/generate_stream", &f);
-                    yield Ok(sse::json(&json!({
-                        "index": index,
-                        "token": token,
-                        "generated_text": f.generated_text,
-                        "details": {"finish_reason": f.finish_reason.as_str(), "generated_tokens": f.generated_tokens, "seed": seed},
-                        "filtered": f.filtered,
-                    })));
-                    break;
-                }
+            // The last released token rides on the final event, as TGI's does.
+            let mut tokens = step.tokens;
+            let last = if step.end.is_some() { tokens.pop() } else { None };
+            for t in tokens {
+                index += 1;
+                yield Ok(sse::json(&json!({"index": index, "token": t, "generated_text": null, "details": null})));
+            }
+            if let Some(f) = step.end {
+                index += 1;
+                g.log_finished("/generate_stream", &f);
+                yield Ok(sse::json(&json!({
+                    "index": index,
+                    "token": last.map(|t| json!(t)).unwrap_or(Value::Null),
+                    "generated_text": f.generated_text,
+                    "details": {"finish_reason": f.finish_reason.as_str(), "generated_tokens": f.generated_tokens, "seed": seed},
+                    "filtered": f.filtered,
+                })));
+                break;
             }
         }
     };

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod chat;
+pub mod compat;
 pub mod generate;
 pub mod info;
 
@@ -31,6 +32,7 @@ const fn route(method: &'static str, path: &'static str, public: bool) -> Route 
 
 pub const ROUTES: &[Route] = &[
     route("GET", "/", true),
+    route("POST", "/", false),
     route("GET", "/assets/{path}", true),
     route("POST", "/generate", false),
     route("POST", "/generate_stream", false),
@@ -46,6 +48,7 @@ pub const ROUTES: &[Route] = &[
 fn handler(r: &Route) -> MethodRouter<AppState> {
     match (r.method, r.path) {
         ("GET", "/") => get(assets::index),
+        ("POST", "/") => post(compat::compat_generate),
         ("GET", "/assets/{path}") => get(assets::asset),
         ("POST", "/generate") => post(generate::generate),
         ("POST", "/generate_stream") => post(generate::generate_stream),

@@ -8,6 +8,9 @@ use candle_core::Tensor;
 
 pub type Key = [u8; 32];
 
+/// The worker inserts; request preparation looks up before decoding (and keeps what it finds).
+pub type SharedFeatureCache = std::sync::Arc<std::sync::Mutex<FeatureCache>>;
+
 pub struct FeatureCache {
     capacity: usize,
     /// Value and the tick of its last use.

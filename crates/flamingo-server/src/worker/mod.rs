@@ -26,7 +26,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::images::ImageInput;
 use crate::metrics as m;
 use crate::testing::TestHooks;
-use cache::FeatureCache;
+use cache::SharedFeatureCache;
 use policy::{admit, BatchLimits, Running, Waiting};
 
 /// Images resampled per call at most, so a burst of few-shot requests cannot ask the device for
@@ -38,6 +38,8 @@ pub struct WorkItem {
     pub tokens: Vec<u32>,
     pub images: Vec<ImageInput>,
     pub params: GenerationParams,
+    /// KV-cache bytes the sequence reserves while it runs.
+    pub kv_bytes: usize,
     pub events: UnboundedSender<WorkerEvent>,
     pub deadline: Instant,
     pub enqueued: Instant,
@@ -71,8 +73,26 @@ pub struct WorkerShared {
     /// Sequences in the batch.
     pub active: AtomicUsize,
     pub steps: AtomicU64,
+    /// KV-cache bytes reserved by the sequences in the batch.
+    pub kv_reserved: AtomicUsize,
+    pub max_kv_bytes: usize,
     max_queue: usize,
     retry_after_s: u64,
+}
+
+/// A place in the queue, taken before any preprocessing so that a full server answers 429
+/// before decoding anything; given back on drop unless the request was submitted.
+pub struct QueueTicket {
+    shared: Arc<WorkerShared>,
+    held: bool,
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -86,28 +106,40 @@ impl WorkerHandle {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
-    /// Queues a request or refuses it at once: 429 when the queue is full, 503 when the worker
-    /// is gone. Never blocks.
-    pub fn submit(&self, item: WorkItem) -> Result<(), ApiError> {
+    fn unavailable(&self) -> ApiError {
+        ApiError::unavailable("the model worker is not running", self.shared.retry_after_s)
+    }
+
+    /// Takes a place in the queue or refuses at once: 429 when the queue (requests being
+    /// prepared included) is full, 503 when the worker is gone. Never blocks.
+    pub fn reserve(&self) -> Result<QueueTicket, ApiError> {
         let s = &self.shared;
-        let unavailable =
-            || ApiError::unavailable("the model worker is not running", s.retry_after_s);
         if !self.alive() {
-            return Err(unavailable());
+            return Err(self.unavailable());
         }
         if s.waiting.fetch_add(1, Ordering::SeqCst) >= s.max_queue {
             s.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(overloaded(s));
         }
+        Ok(QueueTicket {
+            shared: s.clone(),
+            held: true,
+        })
+    }
+
+    /// Queues a prepared request in the place its ticket holds. Never blocks.
+    pub fn submit(&self, item: WorkItem, mut ticket: QueueTicket) -> Result<(), ApiError> {
+        if !self.alive() {
+            return Err(self.unavailable());
+        }
         match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                s.waiting.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => overloaded(s),
-                    TrySendError::Disconnected(_) => unavailable(),
-                })
+            Ok(()) => {
+                // The worker gives the place back when the request leaves the queue.
+                ticket.held = false;
+                Ok(())
             }
+            Err(TrySendError::Full(_)) => Err(overloaded(&self.shared)),
+            Err(TrySendError::Disconnected(_)) => Err(self.unavailable()),
         }
     }
 }
@@ -126,8 +158,10 @@ fn overloaded(s: &WorkerShared) -> ApiError {
 pub struct WorkerConfig {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
+    pub max_kv_bytes: usize,
+    /// Shared with request preparation, which looks images up before decoding them.
+    pub cache: SharedFeatureCache,
     pub max_queue: usize,
-    pub image_cache_entries: usize,
     pub retry_after_s: u64,
     pub hooks: TestHooks,
 }
@@ -140,6 +174,8 @@ pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerH
         waiting: AtomicUsize::new(0),
         active: AtomicUsize::new(0),
         steps: AtomicU64::new(0),
+        kv_reserved: AtomicUsize::new(0),
+        max_kv_bytes: cfg.max_kv_bytes,
         max_queue: cfg.max_queue,
         retry_after_s: cfg.retry_after_s,
     });
@@ -156,9 +192,7 @@ pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerH
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 Worker::new(model, cfg, shared.clone()).run(rx)
             }));
-            shared.alive.store(false, Ordering::SeqCst);
-            shared.active.store(0, Ordering::SeqCst);
-            metrics::gauge!(m::WORKER_ALIVE).set(0.0);
+            shared.mark_dead();
             if result.is_err() {
                 // Logged by `DeadOnExit` already when the panic came from the loop.
                 tracing::debug!("the model worker thread ended with a panic");
@@ -174,11 +208,12 @@ struct Slot {
     admitted: Instant,
     last_token: Option<Instant>,
     tokens: usize,
+    kv_bytes: usize,
 }
 
 struct Worker {
     engine: Engine,
-    cache: FeatureCache,
+    cache: SharedFeatureCache,
     slots: HashMap<SeqId, Slot>,
     pending: VecDeque<WorkItem>,
     limits: BatchLimits,
@@ -191,12 +226,13 @@ impl Worker {
     fn new(model: Arc<Flamingo>, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
         Self {
             engine: Engine::new(model),
-            cache: FeatureCache::new(cfg.image_cache_entries),
+            cache: cfg.cache,
             slots: HashMap::new(),
             pending: VecDeque::new(),
             limits: BatchLimits {
                 max_batch_size: cfg.max_batch_size,
                 max_batch_tokens: cfg.max_batch_tokens,
+                max_kv_bytes: cfg.max_kv_bytes,
             },
             shared,
             hooks: cfg.hooks,
@@ -229,6 +265,10 @@ impl Worker {
         }
     }
 
+    fn kv_reserved(&self) -> usize {
+        self.slots.values().map(|s| s.kv_bytes).sum()
+    }
+
     fn left_queue(&self) {
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
     }
@@ -237,13 +277,16 @@ impl Worker {
         self.shared
             .active
             .store(self.engine.len(), Ordering::SeqCst);
-        // kv usage: 0.0 until the KV byte budget exists; then its 0..1 fill goes here.
+        let kv = self.kv_reserved();
+        self.shared.kv_reserved.store(kv, Ordering::SeqCst);
+        metrics::gauge!(m::KV_RESERVED_BYTES).set(kv as f64);
         m::publish_scheduler(
             self.shared.waiting.load(Ordering::SeqCst),
             self.engine.len(),
-            0.0,
+            kv as f64 / self.limits.max_kv_bytes.max(1) as f64,
         );
-        metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(self.cache.len() as f64);
+        let entries = self.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
+        metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(entries as f64);
     }
 
     /// Requests whose client left or whose deadline passed while they waited never start.
@@ -276,11 +319,13 @@ impl Worker {
             .map(|i| Waiting {
                 prompt_tokens: i.tokens.len(),
                 rows: i.params.num_beams,
+                kv_bytes: i.kv_bytes,
             })
             .collect();
         let running = Running {
             rows: self.engine.rows(),
             tokens: self.engine.pending_tokens(),
+            kv_bytes: self.kv_reserved(),
         };
         let n = admit(&waiting, running, self.limits);
         if n == 0 {
@@ -309,6 +354,7 @@ impl Worker {
                             admitted: now,
                             last_token: None,
                             tokens: 0,
+                            kv_bytes: item.kv_bytes,
                         },
                     );
                 }
@@ -334,7 +380,13 @@ impl Worker {
             if !seen.insert(img.hash) {
                 continue;
             }
-            match self.cache.get(&img.hash) {
+            if let Some(features) = &img.features {
+                // Found in the cache before decoding (and already counted as a hit there).
+                out.insert(img.hash, Ok(features.clone()));
+                continue;
+            }
+            let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&img.hash);
+            match cached {
                 Some(t) => {
                     metrics::counter!(m::IMAGE_CACHE_HITS).increment(1);
                     out.insert(img.hash, Ok(t));
@@ -360,9 +412,10 @@ impl Worker {
                 Err(e) => vec![Err(e)],
             };
             metrics::histogram!(m::ENCODE_SECONDS).record(started.elapsed().as_secs_f64());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (img, latent) in chunk.iter().zip(encoded) {
                 if let Ok(t) = &latent {
-                    self.cache.insert(img.hash, t.clone());
+                    cache.insert(img.hash, t.clone());
                 }
                 out.insert(img.hash, latent);
             }
@@ -452,11 +505,20 @@ impl Worker {
                 }
             }
         }
-        for (seq, token) in tokens {
-            let finish = finishes.remove(&seq).map(|(reason, _)| reason);
+        for (seq, mut token) in tokens {
+            let mut finish = finishes.remove(&seq).map(|(reason, _)| reason);
             let Some(slot) = self.slots.get_mut(&seq) else {
                 continue;
             };
+            if let Some(script) = &self.hooks.scripted_ids {
+                if let Some(&id) = script.get(slot.tokens) {
+                    token.id = id;
+                }
+                if slot.tokens + 1 >= script.len() && finish.is_none() {
+                    finish = Some(FinishReason::StopToken);
+                    self.engine.remove(seq);
+                }
+            }
             match slot.last_token {
                 Some(prev) => metrics::histogram!(m::INTER_TOKEN_SECONDS)
                     .record(now.duration_since(prev).as_secs_f64()),
@@ -553,9 +615,21 @@ impl Drop for DeadOnExit {
                 "the model worker died; /ready now answers 503 and generation requests get 503"
             );
         }
-        self.0.alive.store(false, Ordering::SeqCst);
-        self.0.active.store(0, Ordering::SeqCst);
+        self.0.mark_dead();
+    }
+}
+
+impl WorkerShared {
+    /// Nothing runs or waits any more: `/health` fails from now on, and `/info` and the gauges
+    /// stop showing the last batch.
+    fn mark_dead(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        self.active.store(0, Ordering::SeqCst);
+        self.waiting.store(0, Ordering::SeqCst);
+        self.kv_reserved.store(0, Ordering::SeqCst);
         metrics::gauge!(m::WORKER_ALIVE).set(0.0);
+        metrics::gauge!(m::QUEUE_DEPTH).set(0.0);
+        metrics::gauge!(m::ACTIVE_SEQUENCES).set(0.0);
     }
 }
 
