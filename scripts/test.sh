@@ -31,4 +31,14 @@ if [ -x scripts/proxy-run.sh ]; then
   echo "== proxy run (nginx + load tool, short form)"
   SHORT=1 scripts/proxy-run.sh
 fi
+
+if [ -x scripts/multi-replica-run.sh ]; then
+  echo "== multi-replica run (3 replicas behind nginx consistent hashing, failover, scaling rule; short form)"
+  SHORT=1 scripts/multi-replica-run.sh
+fi
+
+if [ -x scripts/k8s-check.sh ]; then
+  echo "== Kubernetes chart check (helm lint/template, kubernetes-validate --strict)"
+  scripts/k8s-check.sh
+fi
 echo "== all tests passed"
