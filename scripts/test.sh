@@ -22,6 +22,11 @@ cargo build --release --workspace --bins
 echo "== cargo tests"
 cargo test --release --workspace
 
+if [ -x tests/clients/run.sh ]; then
+  echo "== client libraries (openai, huggingface_hub, curl, README examples)"
+  tests/clients/run.sh
+fi
+
 if [ -x tests/browser/run.sh ]; then
   echo "== browser test (headless chromium)"
   tests/browser/run.sh
