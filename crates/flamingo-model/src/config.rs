@@ -5,6 +5,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use crate::error::{ModelError, Result};
+use crate::preprocess::PixelSpec;
 
 /// Which image a text token cross-attends to (spec §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
@@ -170,6 +171,9 @@ pub struct FlamingoConfig {
     /// `<|endofchunk|>`, `<image>`, `<PAD>` are appended to the base vocabulary.
     pub added_tokens: usize,
     pub media_rule: MediaRule,
+    /// How request images become the vision tower's input (size, mean, std), as the model files
+    /// declare it.
+    pub pixels: PixelSpec,
 }
 
 impl FlamingoConfig {
@@ -183,6 +187,7 @@ impl FlamingoConfig {
             cross_attn_every_n_layers: 4,
             added_tokens: 3,
             media_rule: MediaRule::NextImage,
+            pixels: PixelSpec::CLIP_224,
         }
     }
 
@@ -219,13 +224,31 @@ impl FlamingoConfig {
         if let Some(rule) = o.media_rule {
             self.media_rule = rule;
         }
+        if let Some(p) = &o.image_preprocess {
+            if let Some(size) = p.image_size {
+                self.pixels.resize = size;
+                self.pixels.size = size;
+            }
+            set(&mut self.pixels.size, p.center_crop);
+            set(&mut self.pixels.mean, p.mean);
+            set(&mut self.pixels.std, p.std);
+        }
     }
 
-    /// open_clip's `{model_cfg: {vision_cfg: ...}}` (the fixture's `open_clip_config.json`).
-    pub fn apply_open_clip_config(&mut self, c: &OpenClipConfig) {
+    /// open_clip's `{model_cfg: {vision_cfg: ...}, preprocess_cfg: {...}}` (the
+    /// `open_clip_config.json` of open_clip's Hugging Face uploads, and the fixture's). The image is
+    /// resized and cropped to the tower's `image_size` (open_clip's eval transform).
+    pub fn apply_open_clip_config(
+        &mut self,
+        c: &OpenClipConfig,
+    ) -> std::result::Result<(), String> {
         let v = &c.model_cfg.vision_cfg;
-        set(&mut self.vision.image_size, v.image_size);
-        set(&mut self.vision.patch_size, v.patch_size);
+        if let Some(size) = &v.image_size {
+            self.vision.image_size = size.square("model_cfg.vision_cfg.image_size")?;
+        }
+        if let Some(size) = &v.patch_size {
+            self.vision.patch_size = size.square("model_cfg.vision_cfg.patch_size")?;
+        }
         set(&mut self.vision.width, v.width);
         set(&mut self.vision.layers, v.layers);
         if let Some(mlp) = v.mlp_ratio {
@@ -234,6 +257,23 @@ impl FlamingoConfig {
         if let Some(hw) = v.head_width {
             self.vision.heads = self.vision.width / hw;
         }
+        self.pixels.resize = self.vision.image_size;
+        self.pixels.size = self.vision.image_size;
+        if let Some(p) = &c.preprocess_cfg {
+            set(&mut self.pixels.mean, p.mean);
+            set(&mut self.pixels.std, p.std);
+            if let Some(i) = p.interpolation.as_deref().filter(|i| *i != "bicubic") {
+                return Err(format!(
+                    "preprocess_cfg.interpolation = {i:?}: only \"bicubic\" (open_clip's default) is supported"
+                ));
+            }
+            if let Some(m) = p.resize_mode.as_deref().filter(|m| *m != "shortest") {
+                return Err(format!(
+                    "preprocess_cfg.resize_mode = {m:?}: only \"shortest\" (open_clip's default) is supported"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// HF `CLIPVisionConfig` json (`vision_hf/config.json`).
@@ -250,6 +290,74 @@ impl FlamingoConfig {
         if let Some(eps) = v.layer_norm_eps {
             self.vision.layer_norm_eps = eps;
         }
+        self.pixels.resize = self.vision.image_size;
+        self.pixels.size = self.vision.image_size;
+    }
+
+    /// HF `CLIPImageProcessor` json (`preprocessor_config.json` next to the HF CLIP weights): the
+    /// resize target, crop and mean/std. Settings the eval transform cannot reproduce are errors.
+    pub fn apply_hf_preprocessor_config(
+        &mut self,
+        c: &HfPreprocessorConfig,
+    ) -> std::result::Result<(), String> {
+        if let Some(r) = c.resample.filter(|&r| r != 3) {
+            return Err(format!(
+                "resample = {r}: only 3 (PIL bicubic, CLIP's) is supported"
+            ));
+        }
+        if c.do_resize == Some(false) || c.do_center_crop == Some(false) {
+            return Err(
+                "do_resize / do_center_crop = false: images of any size need both to reach the vision tower's input size"
+                    .into(),
+            );
+        }
+        if let Some(f) = c.rescale_factor.filter(|f| (f - 1.0 / 255.0).abs() > 1e-12) {
+            return Err(format!("rescale_factor = {f}: only 1/255 is supported"));
+        }
+        if c.do_rescale == Some(false) {
+            return Err("do_rescale = false is not supported".into());
+        }
+        if let Some(size) = &c.size {
+            self.pixels.resize = size.shortest_edge("size")?;
+        }
+        if let Some(crop) = &c.crop_size {
+            self.pixels.size = crop.square("crop_size")?;
+        }
+        if c.do_normalize == Some(false) {
+            self.pixels.mean = [0.0; 3];
+            self.pixels.std = [1.0; 3];
+        } else {
+            set(&mut self.pixels.mean, c.image_mean);
+            set(&mut self.pixels.std, c.image_std);
+        }
+        Ok(())
+    }
+
+    /// Why the loaded files describe a model the server cannot run, if they do: the crop must be
+    /// the tower's input, the input a whole number of patches, the preprocessing well-formed.
+    pub fn check_servable(&self) -> std::result::Result<(), String> {
+        let v = &self.vision;
+        if v.patch_size == 0 || v.image_size == 0 {
+            return Err(format!(
+                "vision image_size {} / patch_size {} must both be positive",
+                v.image_size, v.patch_size
+            ));
+        }
+        if !v.image_size.is_multiple_of(v.patch_size) {
+            return Err(format!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if self.pixels.size != v.image_size {
+            return Err(format!(
+                "image preprocessing crops to {} px but the vision tower takes {} px images",
+                self.pixels.size, v.image_size
+            ));
+        }
+        self.pixels
+            .check()
+            .map_err(|e| format!("image preprocessing: {e}"))
     }
 }
 
@@ -267,6 +375,18 @@ pub struct FlamingoOverrides {
     pub perceiver: Option<PerceiverOverrides>,
     pub gated_xattn: Option<XattnOverrides>,
     pub media_rule: Option<MediaRule>,
+    pub image_preprocess: Option<ImagePreprocessOverrides>,
+}
+
+/// `image_preprocess` of `openflamingo_config.json` (the fixture format).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImagePreprocessOverrides {
+    pub image_size: Option<usize>,
+    pub center_crop: Option<usize>,
+    #[serde(default, deserialize_with = "rgb")]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default, deserialize_with = "rgb")]
+    pub std: Option<[f32; 3]>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -288,6 +408,19 @@ pub struct XattnOverrides {
 #[derive(Debug, Clone, Deserialize)]
 pub struct OpenClipConfig {
     pub model_cfg: OpenClipModelCfg,
+    #[serde(default)]
+    pub preprocess_cfg: Option<OpenClipPreprocessCfg>,
+}
+
+/// open_clip's `preprocess_cfg` (`open_clip_config.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenClipPreprocessCfg {
+    #[serde(default, deserialize_with = "rgb")]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default, deserialize_with = "rgb")]
+    pub std: Option<[f32; 3]>,
+    pub interpolation: Option<String>,
+    pub resize_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,8 +430,9 @@ pub struct OpenClipModelCfg {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct OpenClipVisionCfg {
-    pub image_size: Option<usize>,
-    pub patch_size: Option<usize>,
+    /// open_clip accepts an int or `[height, width]`.
+    pub image_size: Option<Side>,
+    pub patch_size: Option<Side>,
     pub width: Option<usize>,
     pub layers: Option<usize>,
     pub head_width: Option<usize>,
@@ -321,6 +455,90 @@ pub struct HfClipVisionFields {
     pub num_hidden_layers: Option<usize>,
     pub num_attention_heads: Option<usize>,
     pub layer_norm_eps: Option<f64>,
+}
+
+/// An image side as configs write it: `224`, `[224, 224]`, `{"height": 224, "width": 224}` or
+/// `{"shortest_edge": 224}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Side {
+    One(usize),
+    Pair([usize; 2]),
+    HeightWidth { height: usize, width: usize },
+    ShortestEdge { shortest_edge: usize },
+}
+
+impl Side {
+    /// The side of a square; `what` names the field in the error.
+    pub fn square(&self, what: &str) -> std::result::Result<usize, String> {
+        match *self {
+            Side::One(n) | Side::ShortestEdge { shortest_edge: n } => Ok(n),
+            Side::Pair([h, w])
+            | Side::HeightWidth {
+                height: h,
+                width: w,
+            } if h == w => Ok(h),
+            Side::Pair([h, w])
+            | Side::HeightWidth {
+                height: h,
+                width: w,
+            } => Err(format!(
+                "{what} = {h}x{w}: only square images are supported"
+            )),
+        }
+    }
+
+    /// The shorter side a resize targets (HF `size`).
+    pub fn shortest_edge(&self, what: &str) -> std::result::Result<usize, String> {
+        match self {
+            Side::HeightWidth { .. } | Side::Pair(_) => Err(format!(
+                "{what} = {self:?}: a fixed height x width resize (no aspect ratio kept) is not supported; use shortest_edge"
+            )),
+            _ => self.square(what),
+        }
+    }
+}
+
+/// HF `CLIPImageProcessor` / `CLIPFeatureExtractor` json (`preprocessor_config.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HfPreprocessorConfig {
+    pub size: Option<Side>,
+    pub crop_size: Option<Side>,
+    #[serde(default, deserialize_with = "rgb")]
+    pub image_mean: Option<[f32; 3]>,
+    #[serde(default, deserialize_with = "rgb")]
+    pub image_std: Option<[f32; 3]>,
+    pub resample: Option<u32>,
+    pub do_resize: Option<bool>,
+    pub do_center_crop: Option<bool>,
+    pub do_normalize: Option<bool>,
+    pub do_rescale: Option<bool>,
+    pub rescale_factor: Option<f64>,
+}
+
+/// Three per-channel values, parsed as f64 (Python floats) and rounded to f32 the way
+/// `torch.as_tensor` rounds them; a single number applies to every channel.
+fn rgb<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<[f32; 3]>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Values {
+        One(f64),
+        Many(Vec<f64>),
+    }
+    Ok(match Option::<Values>::deserialize(d)? {
+        None => None,
+        Some(Values::One(v)) => Some([v as f32; 3]),
+        Some(Values::Many(v)) => match v.as_slice() {
+            [r, g, b] => Some([*r as f32, *g as f32, *b as f32]),
+            [v] => Some([*v as f32; 3]),
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected 3 channel values, got {}",
+                    v.len()
+                )))
+            }
+        },
+    })
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -11,7 +11,6 @@ use crate::beam::{top_candidates, BeamHypotheses, Candidate};
 use crate::error::{ModelError, Result};
 use crate::flamingo::{Flamingo, LogitsFor, PackedInput, SequenceState};
 use crate::media::{generated_media_time, prompt_media_time};
-use crate::preprocess::IMAGE_SIZE;
 use crate::sampling::{log_softmax, Sampler, SamplingParams};
 
 pub type SeqId = u64;
@@ -184,13 +183,14 @@ impl Engine {
         }
     }
 
-    /// Resamples normalised images (each `3 * 224 * 224` floats, CHW) in one batch; returns one
-    /// [latents, dim] tensor per image.
+    /// Resamples normalised images (each `3 * S * S` floats, CHW, S = the model's
+    /// [`Flamingo::pixel_spec`] size) in one batch; returns one [latents, dim] tensor per image.
     pub fn encode_images(&self, images: &[&[f32]]) -> Result<Vec<Tensor>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let per_image = 3 * IMAGE_SIZE * IMAGE_SIZE;
+        let side = self.model.pixel_spec().size;
+        let per_image = 3 * side * side;
         let mut flat = Vec::with_capacity(images.len() * per_image);
         for img in images {
             if img.len() != per_image {
@@ -201,11 +201,7 @@ impl Engine {
             }
             flat.extend_from_slice(img);
         }
-        let pixels = Tensor::from_vec(
-            flat,
-            (images.len(), 3, IMAGE_SIZE, IMAGE_SIZE),
-            &Device::Cpu,
-        )?;
+        let pixels = Tensor::from_vec(flat, (images.len(), 3, side, side), &Device::Cpu)?;
         let latents = self.model.encode_images(&pixels)?;
         (0..images.len()).map(|i| Ok(latents.get(i)?)).collect()
     }

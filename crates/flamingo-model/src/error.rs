@@ -35,6 +35,10 @@ pub enum ModelError {
     Config { path: PathBuf, message: String },
     #[error("model layout: {0}")]
     Layout(String),
+    /// The files load, but describe something this implementation cannot run (refused at load
+    /// time so that no request fails on it later).
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("invalid input: {0}")]

@@ -10,7 +10,8 @@ use candle_nn::{Embedding, RmsNorm};
 use crate::linear::{Linear, Quantization};
 
 use crate::config::{
-    FlamingoConfig, FlamingoOverrides, HfClipConfig, LlamaConfig, MediaRule, OpenClipConfig,
+    FlamingoConfig, FlamingoOverrides, HfClipConfig, HfPreprocessorConfig, LlamaConfig, MediaRule,
+    OpenClipConfig,
 };
 use crate::error::{LoadError, ModelError, Result};
 use crate::kv_cache::KvCache;
@@ -18,6 +19,8 @@ use crate::llama::{AttnRows, DecoderLayer, Rotary};
 use crate::nn::{activation_dtype, activation_vb, rms_norm};
 use crate::paths::{ModelPaths, VisionWeights};
 use crate::perceiver::PerceiverResampler;
+use crate::preprocess::PixelSpec;
+use crate::tokenizer::FlamingoTokenizer;
 use crate::vision::VisionTransformer;
 use crate::weights::{hf_weight_files, KeyLayout, StoreBackend, TensorStore};
 use crate::xattn::{GatedCrossAttention, MediaKv, XattnRows};
@@ -258,6 +261,43 @@ impl Flamingo {
         &self.cfg
     }
 
+    /// How request images must be preprocessed for this model's vision tower (size, mean, std
+    /// from its files); `3 * size * size` values per image.
+    pub fn pixel_spec(&self) -> PixelSpec {
+        self.cfg.pixels
+    }
+
+    /// Checks that a tokenizer puts OpenFlamingo's added tokens where this model's embedding rows
+    /// are (`<|endofchunk|>`, `<image>`, `<PAD>` = base vocabulary + 0/1/2) and yields no id past
+    /// the model's vocabulary.
+    pub fn check_tokenizer(&self, tok: &FlamingoTokenizer) -> Result<()> {
+        let expected = [
+            (
+                "<|endofchunk|>",
+                tok.end_of_chunk_id,
+                self.end_of_chunk_token_id(),
+            ),
+            ("<image>", tok.image_id, self.image_token_id()),
+            ("<PAD>", tok.pad_id, self.pad_token_id()),
+        ];
+        for (name, got, want) in expected {
+            if got != want {
+                return Err(ModelError::Tokenizer(format!(
+                    "`{name}` has id {got} but the model expects {want} (LLaMA config vocab_size {} + the 3 OpenFlamingo tokens); is the tokenizer from another model?",
+                    self.cfg.llama.vocab_size
+                )));
+            }
+        }
+        let vocab = self.cfg.vocab_size();
+        if tok.vocab_size() > vocab {
+            return Err(ModelError::Tokenizer(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {vocab} rows",
+                tok.vocab_size()
+            )));
+        }
+        Ok(())
+    }
+
     /// The activation dtype: f32 on the CPU whatever the weights are stored in, the load dtype on
     /// other devices (see [`crate::nn::activation_dtype`]).
     pub fn dtype(&self) -> DType {
@@ -461,19 +501,35 @@ impl Flamingo {
 pub fn resolve_config(paths: &ModelPaths, opts: &LoadOptions) -> Result<FlamingoConfig> {
     let mut cfg = FlamingoConfig::openflamingo_9b();
     cfg.llama = LlamaConfig::from_file(&paths.llama_dir.join("config.json"))?;
+    let invalid = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |message| ModelError::Config { path, message }
+    };
     match &paths.vision {
         VisionWeights::OpenClip {
             config: Some(c), ..
-        } => cfg.apply_open_clip_config(&crate::config::read_json::<OpenClipConfig>(c)?),
-        VisionWeights::HfClip { dir } if dir.join("config.json").is_file() => cfg
-            .apply_hf_clip_config(&crate::config::read_json::<HfClipConfig>(
-                &dir.join("config.json"),
-            )?),
+        } => cfg
+            .apply_open_clip_config(&crate::config::read_json::<OpenClipConfig>(c)?)
+            .map_err(invalid(c))?,
+        VisionWeights::HfClip { dir } => {
+            let config = dir.join("config.json");
+            if config.is_file() {
+                cfg.apply_hf_clip_config(&crate::config::read_json::<HfClipConfig>(&config)?);
+            }
+            let pre = dir.join("preprocessor_config.json");
+            if pre.is_file() {
+                cfg.apply_hf_preprocessor_config(
+                    &crate::config::read_json::<HfPreprocessorConfig>(&pre)?,
+                )
+                .map_err(invalid(&pre))?;
+            }
+        }
         _ => {}
     }
     if let Some(path) = &paths.flamingo_config {
         cfg.apply_overrides(&crate::config::read_json::<FlamingoOverrides>(path)?);
     }
+    cfg.check_servable().map_err(ModelError::Unsupported)?;
     if let Some(rule) = opts.media_rule {
         cfg.media_rule = rule;
     }

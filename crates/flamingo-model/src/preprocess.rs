@@ -3,10 +3,13 @@
 //! The reference is open_clip 2.16's eval transform applied to `PIL.Image.open(..)`
 //! (Pillow 9.5, torchvision 0.15):
 //!
-//! 1. `Resize(224, BICUBIC)`: shorter side to 224, longer side `int(224 * long / short)`;
-//! 2. `CenterCrop(224)` at `round((W - 224) / 2)`, `round((H - 224) / 2)`;
+//! 1. `Resize(S, BICUBIC)`: shorter side to S, longer side `int(S * long / short)`;
+//! 2. `CenterCrop(C)` at `round((W - C) / 2)`, `round((H - C) / 2)`;
 //! 3. `convert("RGB")`;
-//! 4. `ToTensor()` and 5. `Normalize(CLIP mean, CLIP std)`.
+//! 4. `ToTensor()` and 5. `Normalize(mean, std)`.
+//!
+//! S, C, mean and std are what the model files declare ([`PixelSpec`], from the loaded model's
+//! config: `Flamingo::pixel_spec`); for OpenFlamingo-9B S = C = 224 with OpenAI CLIP's mean/std.
 //!
 //! The vision tower only ever saw pixels produced by Pillow, so the resampler below
 //! re-implements Pillow's `ImagingResample` bit for bit (fixed-point 8-bit coefficients,
@@ -50,7 +53,8 @@ use std::panic::{self, AssertUnwindSafe};
 use image::error::UnsupportedErrorKind;
 use image::{DynamicImage, ImageFormat, ImageReader, Rgb, RgbImage, Rgba};
 
-/// Side of the square crop fed to the vision encoder.
+/// Side of the square crop fed to OpenFlamingo-9B's vision encoder (ViT-L/14 at 224 px); other
+/// models declare their own ([`PixelSpec::size`]).
 pub const IMAGE_SIZE: usize = 224;
 
 /// open_clip's `OPENAI_DATASET_MEAN`, rounded to f32 the way `torch.as_tensor` does.
@@ -66,6 +70,69 @@ pub const CLIP_STD: [f32; 3] = [
     0.26130258_f64 as f32,
     0.27577711_f64 as f32,
 ];
+
+/// How pixels are made for a vision tower: `Resize(resize)` (shorter side, bicubic), then
+/// `CenterCrop(size)`, then `Normalize(mean, std)`. `size` is the tower's input side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelSpec {
+    /// Shorter side after the resize (open_clip: the image size; HF: `size.shortest_edge`).
+    pub resize: usize,
+    /// Side of the square center crop, i.e. the vision tower's input size.
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl PixelSpec {
+    /// OpenFlamingo-9B's: 224 px, OpenAI CLIP mean/std.
+    pub const CLIP_224: Self = Self {
+        resize: IMAGE_SIZE,
+        size: IMAGE_SIZE,
+        mean: CLIP_MEAN,
+        std: CLIP_STD,
+    };
+
+    /// open_clip's eval transform: resize and crop to the same side.
+    pub fn square(size: usize, mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            resize: size,
+            size,
+            mean,
+            std,
+        }
+    }
+
+    /// Values per preprocessed image (`3 * size * size`, CHW).
+    pub fn values_per_image(&self) -> usize {
+        3 * self.size * self.size
+    }
+
+    /// Why this spec cannot be served, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.size == 0 {
+            return Err("the crop size is 0".into());
+        }
+        if self.resize < self.size {
+            return Err(format!(
+                "the resize target ({} px) is smaller than the crop ({} px); center-crop padding is not supported",
+                self.resize, self.size
+            ));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("mean {m} is not a finite number"));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("std {s} is not a positive finite number"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for PixelSpec {
+    fn default() -> Self {
+        Self::CLIP_224
+    }
+}
 
 /// Bits of fraction in Pillow's 8-bit resampling coefficients (`PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -160,8 +227,8 @@ pub struct SourceImage {
 
 impl SourceImage {
     /// Steps 1-3 of the eval transform, with the filter Pillow would pick.
-    pub fn resize_and_crop(&self) -> RgbImage {
-        resize_and_crop_with(&self.image, self.resample)
+    pub fn resize_and_crop(&self, spec: &PixelSpec) -> RgbImage {
+        resize_and_crop_with(&self.image, self.resample, spec)
     }
 }
 
@@ -219,17 +286,17 @@ pub fn decode_source(bytes: &[u8], limits: &ImageLimits) -> Result<SourceImage, 
 /// Steps 1-3 (bicubic resize, center crop, RGB) for an image in Pillow's layout.
 ///
 /// Always bicubic: for palette sources use [`SourceImage::resize_and_crop`].
-pub fn resize_and_crop(img: &DynamicImage) -> RgbImage {
-    resize_and_crop_with(img, Resample::Bicubic)
+pub fn resize_and_crop(img: &DynamicImage, spec: &PixelSpec) -> RgbImage {
+    resize_and_crop_with(img, Resample::Bicubic, spec)
 }
 
 /// Steps 1-3 with an explicit filter. An image without pixels yields a black crop.
-pub fn resize_and_crop_with(img: &DynamicImage, resample: Resample) -> RgbImage {
+pub fn resize_and_crop_with(img: &DynamicImage, resample: Resample, spec: &PixelSpec) -> RgbImage {
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
-        return RgbImage::new(IMAGE_SIZE as u32, IMAGE_SIZE as u32);
+        return RgbImage::new(spec.size as u32, spec.size as u32);
     }
-    let plan = Plan::new(width, height);
+    let plan = Plan::new(width, height, spec);
     match pil_pixels(img) {
         PilPixels::Wide(data) => {
             let crop = resize_window::<u16, i32>(&data, width, height, 1, &plan, resample);
@@ -249,23 +316,28 @@ pub fn resize_and_crop_with(img: &DynamicImage, resample: Resample) -> RgbImage 
     }
 }
 
-/// Steps 4-5: `ToTensor()` then `Normalize`, as CHW f32 (`3 * w * h` values).
-pub fn normalize(crop: &RgbImage) -> Vec<f32> {
+/// Steps 4-5: `ToTensor()` then `Normalize(spec.mean, spec.std)`, as CHW f32 (`3 * w * h`
+/// values; only the spec's mean and std are used).
+pub fn normalize(crop: &RgbImage, spec: &PixelSpec) -> Vec<f32> {
     let plane = crop.width() as usize * crop.height() as usize;
     let mut out = vec![0.0_f32; 3 * plane];
     for (i, px) in crop.pixels().enumerate() {
         for c in 0..3 {
             // Same f32 operations, in the same order, as torch: div(255), sub_(mean), div_(std).
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            out[c * plane + i] = (f32::from(px[c]) / 255.0 - spec.mean[c]) / spec.std[c];
         }
     }
     out
 }
 
-/// Bytes to normalised CHW pixel values (`3 * 224 * 224`).
-pub fn preprocess(bytes: &[u8], limits: &ImageLimits) -> Result<Vec<f32>, ImageError> {
+/// Bytes to normalised CHW pixel values (`spec.values_per_image()`: `3 * size * size`).
+pub fn preprocess(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    spec: &PixelSpec,
+) -> Result<Vec<f32>, ImageError> {
     let source = decode_source(bytes, limits)?;
-    Ok(normalize(&source.resize_and_crop()))
+    Ok(normalize(&source.resize_and_crop(spec), spec))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -683,7 +755,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(width: usize, height: usize) -> Self {
+    fn new(width: usize, height: usize, spec: &PixelSpec) -> Self {
+        let (target, crop) = (spec.resize, spec.size.min(spec.resize));
         // `_compute_resized_output_size`: int(size * long / short) with Python's exact
         // int / int true division (both operands are exact in f64).
         let (short, long) = if width <= height {
@@ -691,19 +764,19 @@ impl Plan {
         } else {
             (height, width)
         };
-        let new_long = (IMAGE_SIZE as f64 * long as f64 / short as f64) as usize;
+        let new_long = (target as f64 * long as f64 / short as f64) as usize;
         let resized = if width <= height {
-            (IMAGE_SIZE, new_long)
+            (target, new_long)
         } else {
-            (new_long, IMAGE_SIZE)
+            (new_long, target)
         };
-        // `center_crop`: int(round((size - 224) / 2.0)), Python rounds half to even.
-        let offset = |size: usize| ((size - IMAGE_SIZE) as f64 / 2.0).round_ties_even() as usize;
+        // `center_crop`: int(round((size - crop) / 2.0)), Python rounds half to even.
+        let offset = |size: usize| ((size - crop) as f64 / 2.0).round_ties_even() as usize;
         let (left, top) = (offset(resized.0), offset(resized.1));
         Self {
             resized,
-            cols: left..left + IMAGE_SIZE,
-            rows: top..top + IMAGE_SIZE,
+            cols: left..left + crop,
+            rows: top..top + crop,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Generation against the reference: greedy tokens and per-step logits (KV-cache decode),
 //! 3-beam search with length_penalty -2.0, v1 and v2 media rules, and batch invariance.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{IndexOp, Tensor};
@@ -30,7 +32,7 @@ fn requests(f: &Fixture, case: &Value) -> Vec<(Vec<u32>, Option<Tensor>)> {
             let tokens = f.tokenizer.encode(p).unwrap();
             let latents = tokens
                 .contains(&f.model.image_token_id())
-                .then(|| encode_named_images(&f.model, imgs));
+                .then(|| encode_named_images(f, imgs));
             (tokens, latents)
         })
         .collect()
@@ -51,7 +53,7 @@ type Outputs = HashMap<(String, usize), Vec<Vec<u32>>>;
 fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &Value) -> Outputs {
     let model = Arc::new(
         flamingo_model::Flamingo::load(
-            &flamingo_model::ModelPaths::from_dir(&fixture_dir()).unwrap(),
+            &flamingo_model::ModelPaths::from_dir(&f.dir).unwrap(),
             &flamingo_model::LoadOptions {
                 media_rule: Some(f.model.config().media_rule),
                 ..Default::default()
@@ -127,9 +129,9 @@ fn expected_rows(v: &Value) -> Vec<Vec<u32>> {
     v.as_array().unwrap().iter().map(ids).collect()
 }
 
-fn check_greedy(rule: MediaRule) {
-    let f = load(rule);
-    let v1 = load(MediaRule::NextImage).goldens;
+fn check_greedy(dir: &Path, rule: MediaRule) {
+    let f = load(dir, rule);
+    let v1 = load(dir, MediaRule::NextImage).goldens;
     let out = run_engine(&f, &greedy_params(&f), &CASES, &v1);
     for name in CASES {
         let expected =
@@ -144,9 +146,9 @@ fn check_greedy(rule: MediaRule) {
     }
 }
 
-fn check_beams(rule: MediaRule) {
-    let f = load(rule);
-    let v1 = load(MediaRule::NextImage).goldens;
+fn check_beams(dir: &Path, rule: MediaRule) {
+    let f = load(dir, rule);
+    let v1 = load(dir, MediaRule::NextImage).goldens;
     let with_beams: Vec<&str> = CASES
         .iter()
         .copied()
@@ -187,31 +189,34 @@ fn trim_after_stop(tokens: &[u32], stop: u32) -> Vec<u32> {
     }
 }
 
-#[test]
-fn greedy_tokens_match_reference_v1() {
-    check_greedy(MediaRule::NextImage);
+per_fixture!(
+    greedy_tokens_match_reference_v1,
+    greedy_tokens_match_reference_v2,
+    beam_search_matches_reference_v1,
+    beam_search_matches_reference_v2,
+    kv_cache_decode_logits_match_reference,
+);
+
+fn greedy_tokens_match_reference_v1(dir: &Path) {
+    check_greedy(dir, MediaRule::NextImage);
 }
 
-#[test]
-fn greedy_tokens_match_reference_v2() {
-    check_greedy(MediaRule::PreviousImage);
+fn greedy_tokens_match_reference_v2(dir: &Path) {
+    check_greedy(dir, MediaRule::PreviousImage);
 }
 
-#[test]
-fn beam_search_matches_reference_v1() {
-    check_beams(MediaRule::NextImage);
+fn beam_search_matches_reference_v1(dir: &Path) {
+    check_beams(dir, MediaRule::NextImage);
 }
 
-#[test]
-fn beam_search_matches_reference_v2() {
-    check_beams(MediaRule::PreviousImage);
+fn beam_search_matches_reference_v2(dir: &Path) {
+    check_beams(dir, MediaRule::PreviousImage);
 }
 
 /// Each decode step processes one token against the cache; its logits equal the reference's
 /// per-step logits.
-#[test]
-fn kv_cache_decode_logits_match_reference() {
-    let f = load(MediaRule::NextImage);
+fn kv_cache_decode_logits_match_reference(dir: &Path) {
+    let f = load(dir, MediaRule::NextImage);
     for name in CASES {
         let case = golden_case(&f.goldens, name).unwrap();
         let golden = &f.tensors[&format!("{name}.greedy_step_logits")];

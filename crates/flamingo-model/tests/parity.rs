@@ -1,6 +1,9 @@
-//! The model against the reference's outputs on the tiny fixture (f32, ≤ 1e-4).
+//! The model against the reference's outputs on each tiny fixture (f32, ≤ 1e-4).
 
+#[macro_use]
 mod common;
+
+use std::path::Path;
 
 use candle_core::{IndexOp, Tensor};
 use common::*;
@@ -9,13 +12,20 @@ use flamingo_model::{LogitsFor, MediaRule, PackedInput, Trace};
 
 const TOL: f32 = 1e-4;
 
-#[test]
-fn vision_tokens_match() {
-    let f = load(MediaRule::NextImage);
+per_fixture!(
+    vision_tokens_match,
+    images_encoded_together_equal_images_encoded_alone,
+    tokenizer_matches_reference_ids,
+    media_times_match_reference,
+    forward_matches_reference_v1,
+);
+
+fn vision_tokens_match(dir: &Path) {
+    let f = load(dir, MediaRule::NextImage);
     for name in ["gradient", "checker", "stripes", "rings"] {
         let ours = f
             .model
-            .vision_tokens(&reference_pixels(name))
+            .vision_tokens(&f.reference_pixels(name))
             .unwrap()
             .squeeze(0)
             .unwrap();
@@ -26,11 +36,10 @@ fn vision_tokens_match() {
 
 /// Encoding several images in one call (side by side on the pool's threads, the rest split over
 /// them) gives each image the same bits as encoding it alone.
-#[test]
-fn images_encoded_together_equal_images_encoded_alone() {
-    let f = load(MediaRule::NextImage);
+fn images_encoded_together_equal_images_encoded_alone(dir: &Path) {
+    let f = load(dir, MediaRule::NextImage);
     let names = ["gradient", "checker", "stripes", "rings", "gradient"];
-    let pixels: Vec<Tensor> = names.iter().map(|n| reference_pixels(n)).collect();
+    let pixels: Vec<Tensor> = names.iter().map(|n| f.reference_pixels(n)).collect();
     let together = f
         .model
         .encode_images(&Tensor::cat(&pixels, 0).unwrap())
@@ -62,15 +71,29 @@ fn rows(f: &Fixture, case: &serde_json::Value) -> Vec<(Vec<u32>, Option<Tensor>)
                 .map(|(t, _)| t)
                 .collect();
             let has_image = tokens.contains(&f.model.image_token_id());
-            let latents = has_image.then(|| encode_named_images(&f.model, imgs));
+            let latents = has_image.then(|| encode_named_images(f, imgs));
             (tokens, latents)
         })
         .collect()
 }
 
-#[test]
-fn tokenizer_matches_reference_ids() {
-    let f = load(MediaRule::NextImage);
+fn tokenizer_matches_reference_ids(dir: &Path) {
+    let f = load(dir, MediaRule::NextImage);
+    // The added tokens sit where the reference put them (base vocabulary + 0/1/2).
+    let special = &f.goldens["special_tokens"];
+    assert_eq!(
+        [
+            f.tokenizer.end_of_chunk_id,
+            f.tokenizer.image_id,
+            f.tokenizer.pad_id
+        ],
+        [
+            special["<|endofchunk|>"].as_u64().unwrap() as u32,
+            special["<image>"].as_u64().unwrap() as u32,
+            special["<PAD>"].as_u64().unwrap() as u32,
+        ]
+    );
+    assert_eq!(f.model.image_token_id(), f.tokenizer.image_id);
     for name in CASES {
         let case = case(&f.goldens, name);
         let prompts: Vec<String> = match &case["prompt"] {
@@ -96,9 +119,8 @@ fn tokenizer_matches_reference_ids() {
     }
 }
 
-#[test]
-fn media_times_match_reference() {
-    let f = load(MediaRule::NextImage);
+fn media_times_match_reference(dir: &Path) {
+    let f = load(dir, MediaRule::NextImage);
     for name in CASES {
         let case = case(&f.goldens, name);
         for (row, ids_row) in case["input_ids"].as_array().unwrap().iter().enumerate() {
@@ -130,8 +152,8 @@ fn media_times_match_reference() {
 
 /// Runs every case (all rows of a case packed into one forward) and compares perceiver output,
 /// the state after each xattn block, every hidden state and all logits of the real tokens.
-fn check_forward(rule: MediaRule) {
-    let f = load(rule);
+fn check_forward(dir: &Path, rule: MediaRule) {
+    let f = load(dir, rule);
     for name in CASES {
         let case = case(&f.goldens, name);
         let rows = rows(&f, case);
@@ -227,7 +249,6 @@ fn check_forward(rule: MediaRule) {
     }
 }
 
-#[test]
-fn forward_matches_reference_v1() {
-    check_forward(MediaRule::NextImage);
+fn forward_matches_reference_v1(dir: &Path) {
+    check_forward(dir, MediaRule::NextImage);
 }

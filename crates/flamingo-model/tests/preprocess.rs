@@ -1,12 +1,19 @@
-//! Acceptance tests for `flamingo_model::preprocess` against the tiny-openflamingo fixture,
-//! whose crops and pixel values were produced by Pillow 9.5 + torchvision 0.15 + open_clip 2.16.
+//! Acceptance tests for `flamingo_model::preprocess` against the tiny-openflamingo fixtures
+//! (224 px with OpenAI CLIP's mean/std, and 112 px with ImageNet's), whose crops and pixel values
+//! were produced by Pillow 9.5 + torchvision 0.15 + open_clip 2.16.
 
+#[macro_use]
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use flamingo_model::flamingo::resolve_config;
 use flamingo_model::preprocess::{
     decode, decode_source, normalize, preprocess, probe, resize_and_crop, resize_and_crop_with,
-    ImageError, ImageLimits, Resample, CLIP_MEAN, CLIP_STD, IMAGE_SIZE,
+    ImageError, ImageLimits, PixelSpec, Resample, CLIP_MEAN, CLIP_STD, IMAGE_SIZE,
 };
+use flamingo_model::{LoadOptions, ModelPaths};
 use image::{DynamicImage, RgbImage};
 
 const FIXTURE: &str = concat!(
@@ -14,14 +21,34 @@ const FIXTURE: &str = concat!(
     "/../../tests/fixtures/tiny-openflamingo"
 );
 const NAMES: [&str; 4] = ["gradient", "checker", "stripes", "rings"];
+/// OpenFlamingo-9B's preprocessing (and the first fixture's).
+const CLIP: PixelSpec = PixelSpec::CLIP_224;
+
+per_fixture!(
+    resize_and_crop_matches_pillow_reference_crops,
+    normalize_matches_golden_pixel_values,
+    preprocess_end_to_end_is_bit_exact,
+    probe_reads_fixture_headers,
+);
 
 fn fixture_bytes(rel: &str) -> Vec<u8> {
-    let path = format!("{FIXTURE}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    bytes_in(Path::new(FIXTURE), rel)
 }
 
-fn goldens() -> serde_json::Value {
-    serde_json::from_slice(&fixture_bytes("goldens.json")).expect("goldens.json")
+fn bytes_in(dir: &Path, rel: &str) -> Vec<u8> {
+    let path = dir.join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn goldens(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&bytes_in(dir, "goldens.json")).expect("goldens.json")
+}
+
+/// What the fixture's files declare, read as the model loader reads them.
+fn spec_of(dir: &Path) -> PixelSpec {
+    resolve_config(&ModelPaths::from_dir(dir).unwrap(), &LoadOptions::default())
+        .unwrap()
+        .pixels
 }
 
 fn input_bytes(name: &str) -> Vec<u8> {
@@ -29,8 +56,8 @@ fn input_bytes(name: &str) -> Vec<u8> {
 }
 
 /// The reference uint8 crop (right before ToTensor) as written by the fixture generator.
-fn reference_crop(name: &str) -> RgbImage {
-    let bytes = fixture_bytes(&format!("images/preprocessed/{name}.png"));
+fn reference_crop(dir: &Path, name: &str) -> RgbImage {
+    let bytes = bytes_in(dir, &format!("images/preprocessed/{name}.png"));
     match decode(&bytes, &ImageLimits::default()).expect("reference crop decodes") {
         DynamicImage::ImageRgb8(img) => img,
         other => panic!(
@@ -53,18 +80,19 @@ fn max_abs_diff(a: &[u8], b: &[u8]) -> u8 {
         .unwrap_or(0)
 }
 
-#[test]
-fn resize_and_crop_matches_pillow_reference_crops() {
-    let goldens = goldens();
+fn resize_and_crop_matches_pillow_reference_crops(dir: &Path) {
+    let goldens = goldens(dir);
+    let spec = spec_of(dir);
     for name in NAMES {
-        let source = decode_source(&input_bytes(name), &ImageLimits::default()).unwrap();
-        let crop = source.resize_and_crop();
-        assert_eq!(crop.dimensions(), (IMAGE_SIZE as u32, IMAGE_SIZE as u32));
+        let bytes = bytes_in(dir, &format!("images/{name}.png"));
+        let source = decode_source(&bytes, &ImageLimits::default()).unwrap();
+        let crop = source.resize_and_crop(&spec);
+        assert_eq!(crop.dimensions(), (spec.size as u32, spec.size as u32));
         // Fixture inputs are RGB PNGs, so the plain bicubic entry point agrees.
         assert_eq!(source.resample, Resample::Bicubic);
-        assert_eq!(resize_and_crop(&source.image), crop);
+        assert_eq!(resize_and_crop(&source.image, &spec), crop);
 
-        let reference = reference_crop(name);
+        let reference = reference_crop(dir, name);
         let diff = max_abs_diff(crop.as_raw(), reference.as_raw());
         let sha = sha256_hex(crop.as_raw());
         let expected_sha = goldens["images"][name]["resized_cropped_rgb_u8_sha256"]
@@ -79,20 +107,20 @@ fn resize_and_crop_matches_pillow_reference_crops() {
     }
 }
 
-#[test]
-fn normalize_matches_golden_pixel_values() {
-    let goldens = goldens();
+fn normalize_matches_golden_pixel_values(dir: &Path) {
+    let goldens = goldens(dir);
+    let spec = spec_of(dir);
     for name in NAMES {
         let golden = &goldens["images"][name]["pixel_values"];
-        let values = normalize(&reference_crop(name));
-        assert_eq!(values.len(), 3 * IMAGE_SIZE * IMAGE_SIZE);
+        let values = normalize(&reference_crop(dir, name), &spec);
+        assert_eq!(values.len(), spec.values_per_image());
         let shape: Vec<u64> = golden["shape"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_u64().unwrap())
             .collect();
-        assert_eq!(shape, [3, IMAGE_SIZE as u64, IMAGE_SIZE as u64]);
+        assert_eq!(shape, [3, spec.size as u64, spec.size as u64]);
 
         let first = golden["first"].as_array().unwrap();
         for (i, want) in first.iter().enumerate() {
@@ -138,11 +166,12 @@ fn normalize_matches_golden_pixel_values() {
     }
 }
 
-#[test]
-fn preprocess_end_to_end_is_bit_exact() {
-    let goldens = goldens();
+fn preprocess_end_to_end_is_bit_exact(dir: &Path) {
+    let goldens = goldens(dir);
+    let spec = spec_of(dir);
     for name in NAMES {
-        let values = preprocess(&input_bytes(name), &ImageLimits::default()).unwrap();
+        let bytes = bytes_in(dir, &format!("images/{name}.png"));
+        let values = preprocess(&bytes, &ImageLimits::default(), &spec).unwrap();
         let want = goldens["images"][name]["pixel_values"]["sha256_f32le"]
             .as_str()
             .unwrap();
@@ -156,10 +185,27 @@ fn clip_constants_are_torch_float32_values() {
     let bits = |v: [f32; 3]| v.map(f32::to_bits);
     assert_eq!(bits(CLIP_MEAN), [0x3ef6813a, 0x3eea685e, 0x3ed100ff]);
     assert_eq!(bits(CLIP_STD), [0x3e8989d0, 0x3e85c974, 0x3e8d32a8]);
+    assert_eq!(
+        (CLIP.mean, CLIP.std, CLIP.size),
+        (CLIP_MEAN, CLIP_STD, IMAGE_SIZE)
+    );
+    assert_eq!(PixelSpec::default(), CLIP);
 }
 
+/// The fixtures declare different preprocessing, so each one's pixels differ from what the
+/// other's spec would make of the same crop (a spec that is ignored cannot pass both).
 #[test]
-fn probe_reads_fixture_headers() {
+fn fixtures_declare_different_pixel_specs() {
+    let [a, b] = common::FIXTURES.map(|n| spec_of(&common::fixture_path(n)));
+    assert_eq!(a, CLIP);
+    assert_eq!(b.size, 112);
+    assert_ne!(a.mean, b.mean);
+    assert_ne!(a.std, b.std);
+    let crop = reference_crop(&common::fixture_path(common::FIXTURES[1]), "checker");
+    assert_ne!(normalize(&crop, &a), normalize(&crop, &b));
+}
+
+fn probe_reads_fixture_headers(dir: &Path) {
     let sizes = [
         ("gradient", 224, 224),
         ("checker", 300, 200),
@@ -167,7 +213,8 @@ fn probe_reads_fixture_headers() {
         ("rings", 256, 256),
     ];
     for (name, width, height) in sizes {
-        let info = probe(&input_bytes(name), &ImageLimits::default()).unwrap();
+        let bytes = bytes_in(dir, &format!("images/{name}.png"));
+        let info = probe(&bytes, &ImageLimits::default()).unwrap();
         assert_eq!(
             (info.format, info.width, info.height),
             ("png", width, height)
@@ -212,7 +259,9 @@ fn huge_png_header_is_refused_without_decoding() {
         "{err:?}"
     );
     assert!(decode(&header, &limits).unwrap_err().is_too_large());
-    assert!(preprocess(&header, &limits).unwrap_err().is_too_large());
+    assert!(preprocess(&header, &limits, &CLIP)
+        .unwrap_err()
+        .is_too_large());
 
     // Within width/height limits but over the pixel budget.
     let err = probe(&png_header(8000, 8000), &limits).unwrap_err();
@@ -244,7 +293,7 @@ fn payload_errors_are_classified() {
         max_bytes: bytes.len() - 1,
         ..ImageLimits::default()
     };
-    let err = preprocess(&bytes, &tight).unwrap_err();
+    let err = preprocess(&bytes, &tight, &CLIP).unwrap_err();
     assert!(
         matches!(err, ImageError::TooManyBytes { .. }) && err.is_too_large(),
         "{err:?}"
@@ -277,13 +326,13 @@ fn payload_errors_are_classified() {
         b"not an image at all",
         b"\0\0\0\0",
     ] {
-        let err = preprocess(unsupported, &limits).unwrap_err();
+        let err = preprocess(unsupported, &limits, &CLIP).unwrap_err();
         assert!(matches!(err, ImageError::UnsupportedFormat(_)), "{err:?}");
         assert!(!err.is_too_large());
     }
 
     let truncated = &bytes[..bytes.len() / 2];
-    let err = preprocess(truncated, &limits).unwrap_err();
+    let err = preprocess(truncated, &limits, &CLIP).unwrap_err();
     assert!(matches!(err, ImageError::Decode(_)), "{err:?}");
 }
 
@@ -291,19 +340,68 @@ fn payload_errors_are_classified() {
 fn crops_of_unusual_geometries() {
     // Already 224x224: unchanged.
     let source = decode(&input_bytes("gradient"), &ImageLimits::default()).unwrap();
-    assert_eq!(resize_and_crop(&source).as_raw(), source.to_rgb8().as_raw());
+    assert_eq!(
+        resize_and_crop(&source, &CLIP).as_raw(),
+        source.to_rgb8().as_raw()
+    );
     // No pixels: a black crop rather than a panic.
     let empty = DynamicImage::new_rgb8(0, 0);
-    assert!(resize_and_crop(&empty).pixels().all(|p| p.0 == [0, 0, 0]));
-    // Extreme aspect ratios only compute the crop window.
-    for (w, h) in [(1, 1), (1, 8192), (8192, 1), (3, 2)] {
-        let img = DynamicImage::new_rgba8(w, h);
-        for resample in [Resample::Bicubic, Resample::Nearest] {
-            let crop = resize_and_crop_with(&img, resample);
-            assert_eq!(crop.dimensions(), (IMAGE_SIZE as u32, IMAGE_SIZE as u32));
+    for spec in [CLIP, PixelSpec::square(112, CLIP_MEAN, CLIP_STD)] {
+        let crop = resize_and_crop(&empty, &spec);
+        assert_eq!(crop.dimensions(), (spec.size as u32, spec.size as u32));
+        assert!(crop.pixels().all(|p| p.0 == [0, 0, 0]));
+    }
+    // Extreme aspect ratios only compute the crop window, at every declared size.
+    let other = PixelSpec {
+        resize: 128,
+        ..PixelSpec::square(112, CLIP_MEAN, CLIP_STD)
+    };
+    for spec in [CLIP, PixelSpec::square(112, CLIP_MEAN, CLIP_STD), other] {
+        for (w, h) in [(1, 1), (1, 8192), (8192, 1), (3, 2)] {
+            let img = DynamicImage::new_rgba8(w, h);
+            for resample in [Resample::Bicubic, Resample::Nearest] {
+                let crop = resize_and_crop_with(&img, resample, &spec);
+                assert_eq!(crop.dimensions(), (spec.size as u32, spec.size as u32));
+            }
         }
     }
-    assert_eq!(normalize(&RgbImage::new(2, 3)).len(), 18);
+    assert_eq!(normalize(&RgbImage::new(2, 3), &CLIP).len(), 18);
+}
+
+/// A resize target larger than the crop (HF `size.shortest_edge` > `crop_size`) crops the
+/// center of the resized image: the same as resizing to that size and cropping its center.
+#[test]
+fn resize_larger_than_crop_takes_the_center() {
+    let source = decode(&input_bytes("rings"), &ImageLimits::default()).unwrap();
+    let spec = PixelSpec {
+        resize: 128,
+        ..PixelSpec::square(112, CLIP_MEAN, CLIP_STD)
+    };
+    let crop = resize_and_crop(&source, &spec);
+    assert_eq!(crop.dimensions(), (112, 112));
+    // rings is square: resized to 128x128 by the 128 spec, whose centre 112x112 starts at 8.
+    let full = resize_and_crop(&source, &PixelSpec::square(128, CLIP_MEAN, CLIP_STD));
+    let centre = image::imageops::crop_imm(&full, 8, 8, 112, 112).to_image();
+    assert_eq!(crop, centre);
+}
+
+/// `PixelSpec::check` refuses what cannot be served.
+#[test]
+fn pixel_spec_checks() {
+    assert!(CLIP.check().is_ok());
+    let bad = [
+        PixelSpec::square(0, CLIP_MEAN, CLIP_STD),
+        PixelSpec {
+            resize: 100,
+            ..PixelSpec::square(112, CLIP_MEAN, CLIP_STD)
+        },
+        PixelSpec::square(112, [f32::NAN, 0.0, 0.0], CLIP_STD),
+        PixelSpec::square(112, CLIP_MEAN, [0.2, -0.1, 0.2]),
+        PixelSpec::square(112, CLIP_MEAN, [0.2, f32::INFINITY, 0.2]),
+    ];
+    for spec in bad {
+        assert!(spec.check().is_err(), "{spec:?}");
+    }
 }
 
 /// Pillow resizes palette images with nearest neighbour; a 2x2 palette PNG upscaled to
@@ -331,7 +429,7 @@ fn palette_png_uses_nearest_neighbour() {
 
     let source = decode_source(&png, &ImageLimits::default()).unwrap();
     assert_eq!(source.resample, Resample::Nearest);
-    let crop = source.resize_and_crop();
+    let crop = source.resize_and_crop(&CLIP);
     assert_eq!(crop.get_pixel(0, 0).0, [255, 0, 0]);
     assert_eq!(crop.get_pixel(111, 111).0, [255, 0, 0]);
     assert_eq!(crop.get_pixel(112, 0).0, [0, 255, 0]);
@@ -352,7 +450,7 @@ fn small_inputs_in_other_modes_match_pillow_crops() {
     for (file, case) in cases {
         let bytes = std::fs::read(format!("{dir}/{file}")).unwrap();
         let source = decode_source(&bytes, &ImageLimits::default()).unwrap();
-        let crop = source.resize_and_crop();
+        let crop = source.resize_and_crop(&CLIP);
         let sum: u64 = crop.as_raw().iter().map(|&v| u64::from(v)).sum();
         assert_eq!(
             (sha256_hex(crop.as_raw()).as_str(), sum),
@@ -404,7 +502,7 @@ fn fuzzed_payloads_never_panic() {
             }
         };
         let _ = probe(&bytes, &limits);
-        let _ = preprocess(&bytes, &limits);
+        let _ = preprocess(&bytes, &limits, &CLIP);
     }
 }
 

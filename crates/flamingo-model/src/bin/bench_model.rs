@@ -56,7 +56,9 @@ fn one_request(
 ) -> BoxResult<Vec<u32>> {
     let pixels: Vec<Vec<f32>> = images
         .iter()
-        .map(|b| preprocess::preprocess(b, &preprocess::ImageLimits::default()))
+        .map(|b| {
+            preprocess::preprocess(b, &preprocess::ImageLimits::default(), &model.pixel_spec())
+        })
         .collect::<Result<_, _>>()?;
     let mut engine = Engine::new(model.clone());
     let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
@@ -116,7 +118,11 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
     // Throughput with `batch` concurrent caption requests in one continuous batch.
     let (_, prompt, images) = &cases[0];
     let t = Instant::now();
-    let pixels = preprocess::preprocess(&images[0], &preprocess::ImageLimits::default())?;
+    let pixels = preprocess::preprocess(
+        &images[0],
+        &preprocess::ImageLimits::default(),
+        &model.pixel_spec(),
+    )?;
     let mut engine = Engine::new(model.clone());
     let params = GenerationParams {
         max_new_tokens: 20,
@@ -153,6 +159,7 @@ fn precision_mode(dir: &std::path::Path) -> BoxResult<()> {
     use flamingo_model::linear::Quantization;
     let paths = ModelPaths::from_dir(dir)?;
     let tok = FlamingoTokenizer::from_file(&paths.tokenizer)?;
+    let spec = flamingo_model::flamingo::resolve_config(&paths, &LoadOptions::default())?.pixels;
     let prompt = tok.encode(
         "<image>Output:A red and green gradient.<|endofchunk|><image>Output:A checker board.<|endofchunk|><image>Output:",
     )?;
@@ -163,6 +170,7 @@ fn precision_mode(dir: &std::path::Path) -> BoxResult<()> {
             Ok(preprocess::preprocess(
                 &bytes,
                 &preprocess::ImageLimits::default(),
+                &spec,
             )?)
         })
         .collect::<BoxResult<_>>()?;
