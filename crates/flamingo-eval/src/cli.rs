@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
 
-use crate::client::{Client, GenParams};
+use crate::client::{Client, GenParams, StopRule};
 use crate::datasets;
 use crate::prompts::Templates;
 use crate::report::{self, RunSummary, UnitScore};
@@ -259,15 +259,11 @@ pub async fn run(args: Args) -> Result<RunSummary> {
         client
             .wait_ready(Duration::from_secs(args.ready_timeout_secs))
             .await?;
-        let ids = match (&args.stop_token_ids, args.server_stop_rule) {
-            (_, true) => None,
-            (Some(ids), false) => Some(ids.clone()),
-            (None, false) => Some(client.token_ids(&args.stop_tokens).await?),
-        };
-        if let Some(ids) = &ids {
-            eprintln!("stop tokens {:?} = ids {ids:?}", args.stop_tokens);
-        }
-        client = client.with_stop_token_ids(ids);
+        client = client.with_stop_rule(match (&args.stop_token_ids, args.server_stop_rule) {
+            (_, true) => StopRule::ServerDefault,
+            (Some(ids), false) => StopRule::Ids(ids.clone()),
+            (None, false) => StopRule::Tokens(args.stop_tokens.clone()),
+        });
     }
     let client = Arc::new(client);
 

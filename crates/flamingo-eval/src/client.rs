@@ -41,6 +41,17 @@ struct GenerateResponse {
     generated_text: String,
 }
 
+/// Which tokens end generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopRule {
+    /// Send nothing: the server's default end tokens (`</s>` and `<|endofchunk|>`).
+    ServerDefault,
+    /// These token ids.
+    Ids(Vec<u32>),
+    /// These tokens, by text; their ids are read from the server.
+    Tokens(Vec<String>),
+}
+
 /// A generated text and whether the server ended it by v1's rule (`stop_token_ids` sent and
 /// accepted). Without it the server also stops at `</s>`, where v1 would have gone on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,8 +76,10 @@ pub struct Client {
     api_key: Option<String>,
     max_retries: u32,
     requests: AtomicU64,
-    /// Sent as `stop_token_ids` with every request (None: the server's default end tokens).
-    stop_token_ids: Option<Vec<u32>>,
+    /// Which tokens end generation.
+    stop_rule: StopRule,
+    /// `stop_rule` as ids, resolved once at the first request (None: the server's default).
+    stop_ids: tokio::sync::OnceCell<Option<Vec<u32>>>,
     /// Set once the server has refused `stop_token_ids`; later requests go without it.
     stop_refused: AtomicBool,
 }
@@ -88,15 +101,43 @@ impl Client {
             api_key,
             max_retries,
             requests: AtomicU64::new(0),
-            stop_token_ids: None,
+            stop_rule: StopRule::ServerDefault,
+            stop_ids: tokio::sync::OnceCell::new(),
             stop_refused: AtomicBool::new(false),
         })
     }
 
-    /// Asks the server to end every generation at exactly these token ids.
-    pub fn with_stop_token_ids(mut self, ids: Option<Vec<u32>>) -> Self {
-        self.stop_token_ids = ids;
+    pub fn with_stop_rule(mut self, rule: StopRule) -> Self {
+        self.stop_rule = rule;
         self
+    }
+
+    /// The ids sent as `stop_token_ids`, looked up on the server at the first request (so a
+    /// fully recorded run sends nothing). A failed lookup falls back to the server's default.
+    async fn stop_ids(&self) -> Option<&[u32]> {
+        self.stop_ids
+            .get_or_init(|| async {
+                match &self.stop_rule {
+                    StopRule::ServerDefault => None,
+                    StopRule::Ids(ids) => Some(ids.clone()),
+                    StopRule::Tokens(texts) => match self.token_ids(texts).await {
+                        Ok(ids) => {
+                            eprintln!("stop tokens {texts:?} = ids {ids:?}");
+                            Some(ids)
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "warning: cannot find the ids of {texts:?} ({e:#}); generating with \
+                                 the server's default end tokens (predictions marked v1_stop: false)"
+                            );
+                            None
+                        }
+                    },
+                }
+            })
+            .await
+            .as_deref()
+            .filter(|_| !self.stop_refused())
     }
 
     /// Whether the server refused `stop_token_ids` (so predictions follow its default rule).
@@ -183,10 +224,7 @@ impl Client {
         loop {
             attempt += 1;
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let stop = self
-                .stop_token_ids
-                .as_deref()
-                .filter(|_| !self.stop_refused());
+            let stop = self.stop_ids().await;
             let body = GenerateRequest {
                 inputs,
                 images,
