@@ -141,7 +141,9 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unservable_preprocessing_stops_startup() {
     timed(120, async {
-        let cases: [(&str, &str, fn(&mut Value), &str); 2] = [
+        // (tag, file to edit, the edit, what the log must say)
+        type Broken = (&'static str, &'static str, fn(&mut Value), &'static str);
+        let cases: [Broken; 2] = [
             (
                 "zero-std",
                 "vision/open_clip_config.json",
