@@ -171,6 +171,11 @@ class Load:
                     rec["failure"] = f"undocumented status {status}"
                 elif status in SHED and not resp.getheader("retry-after"):
                     rec["failure"] = f"{status} without Retry-After"
+                elif resp.getheader("x-flamingo-affinity") not in (None, "", self.keys[s]):
+                    # Once the server returns the key, it must be the documented formula's.
+                    rec["failure"] = (
+                        f"x-flamingo-affinity {resp.getheader('x-flamingo-affinity')} != {self.keys[s]}"
+                    )
                 elif resp.getheader("x-request-id") != rid:
                     rec["failure"] = "x-request-id missing or changed"
                 elif status == 200:
@@ -185,6 +190,8 @@ class Load:
                         json.loads(data)["error"]
                     except (ValueError, KeyError, TypeError):
                         rec["failure"] = f"{status} body is not the error JSON"
+                if resp.getheader("x-flamingo-affinity") == self.keys[s]:
+                    rec["key_echoed"] = True
                 if status in SHED and attempt < self.args.retries:
                     try:
                         wait = float(resp.getheader("retry-after") or "1")
@@ -305,6 +312,7 @@ def cmd_load(args):
         "statuses_final": statuses,
         "statuses_first_attempt": first,
         "retried": sum(1 for r in res if r["attempts"] > 1),
+        "affinity_header_matches": sum(1 for r in res if r.get("key_echoed")),
         "throughput_rps": len(ok) / meta["elapsed_s"],
         "p50_ms": pct([r["ms"] for r in ok], 50),
         "p99_ms": pct([r["ms"] for r in ok], 99),
@@ -323,7 +331,8 @@ def cmd_load(args):
     print(
         f"   {args.label}: {len(res)} requests, {len(ok)} ok, {report['lost']} lost, "
         f"{report['failures']} failures, {report['throughput_rps']:.1f} req/s, "
-        f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, statuses {statuses}"
+        f"p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms, statuses {statuses}, "
+        f"x-flamingo-affinity = client key on {report['affinity_header_matches']}"
     )
 
 
