@@ -22,6 +22,11 @@ cargo build --release --workspace --bins
 echo "== cargo tests"
 cargo test --release --workspace
 
+if [ -f scripts/attack.py ]; then
+  echo "== attack script (hostile requests against the release binary, short form)"
+  python3 scripts/attack.py --short
+fi
+
 if [ -x tests/clients/run.sh ]; then
   echo "== client libraries (openai, huggingface_hub, curl, README examples)"
   tests/clients/run.sh
