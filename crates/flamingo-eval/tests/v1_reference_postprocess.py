@@ -10,7 +10,7 @@ from its description, on token ids as v1 sees them:
 
 stdin: {"tokenizer": "<tokenizer.json>", "items": [{"task": "coco"|"vqav2", "ids": [..]}]}
 stdout: a JSON list, one {"prediction": v1's, "text": the ids decoded with the special tokens
-spelled out} per item. Standard library only.
+spelled out, "decoded": the ids decoded without them} per item. Standard library only.
 """
 
 import json
@@ -82,6 +82,7 @@ def main():
             {
                 "prediction": v1_prediction(it["task"], it["ids"], pieces, special, eoc),
                 "text": decode(it["ids"], pieces, special, keep_special=True),
+                "decoded": decode(it["ids"], pieces, special),
             }
             for it in req["items"]
         ],
