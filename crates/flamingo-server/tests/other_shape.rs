@@ -30,6 +30,25 @@ fn spawn_on(dir: &Path) -> Server {
     Server::spawn(&["--model-dir", dir.to_str().unwrap()], &[])
 }
 
+/// The reference's logits at each greedy step of a case, `[rows, steps, vocab]`.
+fn step_logits(case: &str) -> Vec<Vec<Vec<f32>>> {
+    let tensors = candle_core::safetensors::load(
+        Path::new(FIXTURE_B).join("goldens.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    tensors[&format!("{case}.greedy_step_logits")]
+        .to_vec3::<f32>()
+        .unwrap()
+}
+
+/// `log_softmax(logits)[token]`, in f64.
+fn logprob(logits: &[f32], token: usize) -> f64 {
+    let max = logits.iter().fold(f64::MIN, |m, &l| m.max(f64::from(l)));
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    f64::from(logits[token]) - max - sum.ln()
+}
+
 fn ids(v: &Value) -> Vec<u64> {
     v.as_array()
         .unwrap()
@@ -38,9 +57,11 @@ fn ids(v: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Every row of every golden case as its own request: status 200 and exactly the reference's
+/// Every row of every golden case as its own request: status 200, exactly the reference's
 /// greedy tokens (the server also stops at `</s>`, so the reference's tokens are cut after the
-/// first `<|endofchunk|>` or `</s>`).
+/// first `<|endofchunk|>` or `</s>`), and each token's logprob equal to the reference's
+/// log-softmax at that step (within 2e-4: the logits agree to 1e-4), which also catches pixels
+/// normalised with the wrong mean/std even where the argmax survives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_requests_get_the_reference_greedy_tokens() {
     timed(120, async {
@@ -92,17 +113,24 @@ async fn image_requests_get_the_reference_greedy_tokens() {
                 });
                 let r = s.post("/generate", &body).await;
                 assert_eq!(r.status, 200, "{name} row {row}: {}", r.text);
-                let got: Vec<u64> = r.json["details"]["tokens"]
+                let tokens = r.json["details"]["tokens"]
                     .as_array()
-                    .unwrap_or_else(|| panic!("details.tokens in {}", r.text))
-                    .iter()
-                    .map(|t| t["id"].as_u64().unwrap())
-                    .collect();
+                    .unwrap_or_else(|| panic!("details.tokens in {}", r.text));
+                let got: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
                 let mut expected = ids(&greedy["new_token_ids"][row]);
                 if let Some(i) = expected.iter().position(|t| stops.contains(t)) {
                     expected.truncate(i + 1);
                 }
                 assert_eq!(got, expected, "{name} row {row}: greedy tokens");
+                let steps = &step_logits(name)[row];
+                for (step, t) in tokens.iter().enumerate() {
+                    let want = logprob(&steps[step], expected[step] as usize);
+                    let have = t["logprob"].as_f64().unwrap();
+                    assert!(
+                        (have - want).abs() <= 2e-4,
+                        "{name} row {row} step {step}: logprob {have}, reference {want}"
+                    );
+                }
             }
         }
         assert!(with_images >= 4, "image requests checked: {with_images}");
