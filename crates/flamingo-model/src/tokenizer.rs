@@ -151,8 +151,18 @@ impl IncrementalDecoder {
     pub fn finish(&mut self, tok: &FlamingoTokenizer) -> Result<String> {
         let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
         let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
+        let rest = match full.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.to_string(),
+            // Invalid byte sequences decode differently in and out of context; what was never
+            // released is then the decoding of the unreleased ids themselves.
+            None => self.decode_unreleased(tok)?,
+        };
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(full.strip_prefix(prefix.as_str()).unwrap_or("").to_string())
+        Ok(rest)
+    }
+
+    fn decode_unreleased(&self, tok: &FlamingoTokenizer) -> Result<String> {
+        tok.decode(&self.ids[self.read_offset..], true)
     }
 }

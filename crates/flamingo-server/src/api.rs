@@ -16,6 +16,9 @@ pub struct Parameters {
     pub top_p: Option<f64>,
     pub repetition_penalty: Option<f32>,
     pub stop: Option<Vec<String>>,
+    /// Token ids that end generation, replacing the default (`</s>` and `<|endofchunk|>`);
+    /// the v1 eval ends at `<|endofchunk|>` only.
+    pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<u64>,
     pub num_beams: Option<u32>,
     pub length_penalty: Option<f64>,

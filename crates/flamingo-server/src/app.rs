@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
@@ -30,7 +29,7 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 
 async fn require_api_key(State(s): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let keys = &s.cfg.server.api_keys;
-    if keys.is_empty() || req.method() == Method::OPTIONS || routes::is_public(req.uri().path()) {
+    if keys.is_empty() || req.method() == Method::OPTIONS || routes::is_public(req.method().as_str(), req.uri().path()) {
         return next.run(req).await;
     }
     let given = req
@@ -116,8 +115,65 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal("internal error (a bug: the handler panicked)").into_response()
 }
 
+/// `x-request-id` as sent, when it is safe to log and echo (`[A-Za-z0-9._-]{1,128}`); any other
+/// value is replaced by a fresh id, so a client cannot forge log lines or bloat headers.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Sets (or keeps, when valid) the request's `x-request-id` and echoes it on the response.
+async fn request_id(mut req: Request<Body>, next: Next) -> Response {
+    let name = HeaderName::from_static("x-request-id");
+    let id = match req.headers().get(&name) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .expect("a UUID is a valid header value"),
+    };
+    req.headers_mut().insert(name.clone(), id.clone());
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(name, id);
+    response
+}
+
+/// A body announced larger than the limit is refused from its `Content-Length`, before any of
+/// it is read and without `100 Continue`: hyper sends that when the unread body is dropped
+/// before the response head is written, so the body is kept until the response goes.
+async fn refuse_oversized(State(s): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(n) if n > s.cfg.server.max_body_bytes as u64 => {
+            let mut response = ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the request body ({n} bytes) is larger than the server's limit (server.max_body_bytes = {})",
+                    s.cfg.server.max_body_bytes
+                ),
+            )
+            .into_response();
+            let unread = UnreadBody {
+                _held: std::sync::Arc::new(std::sync::Mutex::new(Some(req.into_body()))),
+            };
+            response.extensions_mut().insert(unread);
+            response
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Holds a request body nobody will read until the response carrying it is dropped.
+#[derive(Clone)]
+struct UnreadBody {
+    _held: std::sync::Arc<std::sync::Mutex<Option<Body>>>,
+}
+
 pub fn app(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     let backstop = Duration::from_secs(state.cfg.server.request_timeout_s + 30);
     let mut router = routes::router()
         .layer(DefaultBodyLimit::max(state.cfg.server.max_body_bytes))
@@ -141,16 +197,20 @@ pub fn app(state: AppState) -> Router {
                 .make_span_with(|req: &Request<Body>| {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                     let path = req.uri().path();
-                    // Probes and scrapes would flood the log at info level.
+                    // Probes and scrapes would flood the log at info level. Client-chosen values
+                    // are logged quoted (`?`), so they cannot pose as other fields or lines.
                     if matches!(path, "/health" | "/ready" | "/metrics") {
-                        tracing::debug_span!("request", method = %req.method(), path = %path, request_id = %id)
+                        tracing::debug_span!("request", method = %req.method(), path = ?path, request_id = ?id)
                     } else {
-                        tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
+                        tracing::info_span!("request", method = %req.method(), path = ?path, request_id = ?id)
                     }
                 })
                 // 5xx are logged where they arise (worker, handlers, panics), with their cause.
                 .on_failure(()),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
+        .layer(middleware::from_fn(request_id))
 }

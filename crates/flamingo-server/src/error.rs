@@ -83,7 +83,7 @@ impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: capped(message.into()),
             retry_after_s: None,
             param: None,
         }
@@ -102,7 +102,7 @@ impl ApiError {
         self
     }
     pub fn param(mut self, name: impl Into<String>) -> Self {
-        self.param = Some(name.into());
+        self.param = Some(capped(name.into()));
         self
     }
 
@@ -177,6 +177,18 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// Messages quote the client's input (a role, a type name, a JSON error's excerpt); a 1 MB
+/// value must not come back as a 1 MB error.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+fn capped(mut s: String) -> String {
+    if let Some((cut, _)) = s.char_indices().nth(MAX_MESSAGE_CHARS) {
+        s.truncate(cut);
+        s.push_str("… (truncated)");
+    }
+    s
+}
+
 /// Middleware: errors on `/v1/*` leave in the OpenAI shape.
 pub async fn openai_shape(req: Request<Body>, next: Next) -> Response {
     let openai = req.uri().path().starts_with("/v1/");
@@ -187,7 +199,12 @@ pub async fn openai_shape(req: Request<Body>, next: Next) -> Response {
     match response.extensions().get::<ApiError>().cloned() {
         Some(e) => {
             let mut shaped = e.response_with(e.openai_body());
-            for name in ["x-request-id", "x-timings", "server-timing"] {
+            for name in [
+                "x-request-id",
+                "x-timings",
+                "server-timing",
+                "www-authenticate",
+            ] {
                 if let Some(v) = response.headers().get(name) {
                     shaped.headers_mut().insert(name, v.clone());
                 }

@@ -42,6 +42,8 @@ pub struct Generation {
     pub prompt: String,
     pub prompt_tokens: Vec<u32>,
     pub resolved: Resolved,
+    /// The cache-affinity key of the request's images (`x-flamingo-affinity`).
+    pub affinity: Option<String>,
     _in_flight: InFlight,
 }
 
@@ -111,6 +113,8 @@ where
     .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
     let prepared_at = Instant::now();
     metrics::histogram!(m::PREPARE_SECONDS).record((prepared_at - arrived).as_secs_f64());
+    let hashes: Vec<[u8; 32]> = prepared.images.iter().map(|i| i.hash).collect();
+    let affinity = crate::affinity::request_key(&hashes);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     rt.worker.submit(
         WorkItem {
@@ -143,6 +147,7 @@ where
         prompt: prepared.prompt,
         prompt_tokens: prepared.tokens,
         resolved: prepared.resolved,
+        affinity,
         _in_flight: InFlight::enter(&s.in_flight),
     })
 }

@@ -51,6 +51,8 @@ pub struct Resolved {
     pub num_beams: usize,
     pub length_penalty: f64,
     pub stop: Vec<String>,
+    /// Replaces the default end-of-generation tokens when set.
+    pub stop_token_ids: Option<Vec<u32>>,
     /// The seed used when sampling (reported back, as TGI does).
     pub seed: Option<u64>,
     pub details: bool,
@@ -170,6 +172,14 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             "beam search is deterministic here: do not combine num_beams > 1 with sampling".into(),
         ));
     }
+    if let Some(ids) = &p.stop_token_ids {
+        if ids.is_empty() || ids.len() > 16 {
+            return Err(bad(
+                "stop_token_ids",
+                format!("`stop_token_ids` must list 1 to 16 ids (got {})", ids.len()),
+            ));
+        }
+    }
     let seed = do_sample.then(|| p.seed.unwrap_or_else(rand::random));
     Ok(Resolved {
         sampling: SamplingParams {
@@ -184,6 +194,7 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
         num_beams: beams,
         length_penalty,
         stop,
+        stop_token_ids: p.stop_token_ids.clone(),
         seed,
         details: p.details.unwrap_or(false),
         decoder_input_details: p.decoder_input_details.unwrap_or(false),
@@ -274,7 +285,21 @@ pub fn prepare(
         sampling: resolved.sampling.clone(),
         num_beams: resolved.num_beams,
         length_penalty: resolved.length_penalty,
-        stop_tokens: vec![tok.end_of_chunk_id, tok.eos_id],
+        stop_tokens: match &resolved.stop_token_ids {
+            Some(ids) => {
+                if let Some(bad_id) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
+                    return Err(bad(
+                        "stop_token_ids",
+                        format!(
+                            "token id {bad_id} is outside the vocabulary ({} tokens)",
+                            tok.vocab_size()
+                        ),
+                    ));
+                }
+                ids.clone()
+            }
+            None => vec![tok.end_of_chunk_id, tok.eos_id],
+        },
     };
     ctx.checker
         .validate(&tokens, n_images, &params)

@@ -1,5 +1,6 @@
 //! The output content filter through the real HTTP path, driven by the scripted-output test hook
-//! (`FLAMINGO_TEST_SCRIPTED_OUTPUT`: each generated token's text becomes the next word of it).
+//! (`FLAMINGO_TEST_SCRIPTED_OUTPUT`: the model generates exactly the token ids of that text, so
+//! every path out of the server — text, ids, stop sequences — is exercised with real ids).
 
 mod common;
 
@@ -10,11 +11,11 @@ const SCRIPT: &str = "FLAMINGO_TEST_SCRIPTED_OUTPUT";
 const PROFANE: &str = "a fucking great bird ";
 
 fn req() -> Value {
-    json!({"inputs": "<image>Output:", "images": [common::image_b64("gradient")], "parameters": {"max_new_tokens": 10, "details": true}})
+    json!({"inputs": "<image>Output:", "images": [common::image_b64("gradient")], "parameters": {"max_new_tokens": 60, "details": true}})
 }
 
 fn chat_req(stream: bool) -> Value {
-    json!({"messages": [{"role": "user", "content": "Describe:"}], "max_tokens": 10, "stream": stream})
+    json!({"messages": [{"role": "user", "content": "Describe:"}], "max_tokens": 60, "stream": stream})
 }
 
 /// Token texts of a TGI stream (final event's included) and the final event.
@@ -42,6 +43,25 @@ fn chat_stream_text(events: &[SseEvent]) -> (String, Value) {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     (text, chunks.last().unwrap().clone())
+}
+
+/// What the public tokenizer makes of the ids a response carries.
+fn decode_ids(ids: impl IntoIterator<Item = u64>) -> String {
+    let tok = flamingo_model::tokenizer::FlamingoTokenizer::from_file(std::path::Path::new(
+        &format!("{}/llama/tokenizer.json", common::FIXTURE),
+    ))
+    .unwrap();
+    let ids: Vec<u32> = ids.into_iter().map(|i| i as u32).collect();
+    tok.decode(&ids, true).unwrap()
+}
+
+fn ids_of(tokens: &Value) -> Vec<u64> {
+    tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
 }
 
 fn assert_clean(what: &str, text: &str) {
@@ -76,6 +96,15 @@ async fn censor_masks_the_word_everywhere() {
             .map(|t| t["text"].as_str().unwrap().to_string())
             .collect();
         assert_clean("/generate details.tokens", &tokens);
+        assert_clean(
+            "/generate details.tokens[].id decoded",
+            &decode_ids(ids_of(&r.json["details"]["tokens"])),
+        );
+        // A stop sequence equal to the hidden word must not fire (it would confirm the word).
+        let mut probe = req();
+        probe["parameters"]["stop"] = json!(["fucking"]);
+        let p = s.post("/generate", &probe).await;
+        assert_eq!(p.json["details"]["finish_reason"], "eos_token", "{}", p.text);
 
         let mut sse = s.stream("/generate_stream", &req()).await;
         assert_eq!(sse.status, 200, "stream status");
@@ -86,6 +115,10 @@ async fn censor_masks_the_word_everywhere() {
         }
         let (joined, last) = tgi_stream_text(&events);
         assert_clean("the joined stream", &joined);
+        let stream_ids = events
+            .iter()
+            .filter_map(|e| e.json()["token"]["id"].as_u64());
+        assert_clean("the stream's token ids decoded", &decode_ids(stream_ids));
         assert_eq!(joined, text, "stream and /generate mask the same way");
         assert_eq!(last["generated_text"], text.as_str());
         assert_eq!(last["filtered"], true);
@@ -113,6 +146,10 @@ async fn block_mode_withholds_the_output() {
         let r = s.post("/generate", &req()).await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_clean("/generate", &r.text);
+        assert_clean(
+            "blocked details.tokens[].id decoded",
+            &decode_ids(ids_of(&r.json["details"]["tokens"])),
+        );
         assert_eq!(r.json["details"]["finish_reason"], "content_filter");
         assert_eq!(r.json["filtered"], true);
         assert!(

@@ -10,8 +10,8 @@ use common::{image_b64, timed, Server};
 use serde_json::json;
 
 /// The worker thread panics (test hook) at its third step: the request being generated gets an
-/// error instead of hanging, `/ready` turns 503, new generations are refused at once with
-/// `Retry-After`, and the process itself keeps answering.
+/// error instead of hanging, `/ready` and `/health` turn 503, new generations are refused at once
+/// with `Retry-After`, and the process itself keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_means_503_not_a_hang() {
     timed(60, async {
@@ -26,8 +26,12 @@ async fn a_dead_worker_means_503_not_a_hang() {
         let ready = s.get("/ready").await;
         ready.assert_error(503, "unavailable");
         assert!(ready.header("retry-after").is_some());
-        assert_eq!(s.get("/health").await.status, 200, "the process is alive");
-        assert_eq!(s.get("/info").await.json["ready"], false);
+        // Liveness fails too, so an orchestrator restarts the process; /info shows no stale queue.
+        s.get("/health").await.assert_error(503, "unavailable");
+        let info = s.get("/info").await.json;
+        assert_eq!(info["ready"], false);
+        assert_eq!(info["queued"], 0);
+        assert_eq!(info["active_sequences"], 0);
 
         s.post("/generate", &body).await.assert_error(503, "unavailable");
         s.post("/generate_stream", &body).await.assert_error(503, "unavailable");

@@ -146,6 +146,7 @@ pub async fn chat_completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
+    let affinity = g.affinity.clone();
     let stream = async_stream::stream! {
         let chunk = |delta: Value, reason: Option<&str>, lp: Value| json!({
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -182,5 +183,11 @@ pub async fn chat_completions(
         }
         yield Ok(axum::response::sse::Event::default().data("[DONE]"));
     };
-    Ok(sse::response(stream))
+    let mut response = sse::response(stream);
+    if let Some(v) = affinity.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::affinity::RESPONSE_HEADER, v);
+    }
+    Ok(response)
 }

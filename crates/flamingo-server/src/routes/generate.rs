@@ -79,7 +79,15 @@ pub fn timing_headers(response: &mut Response, g: &Generation) {
         .map(|(k, v)| format!("{};dur={v}", if k == "model" { "generate" } else { k }))
         .collect::<Vec<_>>()
         .join(", ");
-    for (name, value) in [("x-timings", t), ("server-timing", server_timing)] {
+    let affinity = g.affinity.clone().unwrap_or_default();
+    for (name, value) in [
+        ("x-timings", t),
+        ("server-timing", server_timing),
+        (crate::affinity::RESPONSE_HEADER, affinity),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
         if let Ok(v) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, v);
         }
@@ -101,6 +109,7 @@ pub async fn generate_stream(
     }
     let mut g = begin(&s, &id, Ok(Json(req))).await?;
     let seed = g.resolved.seed;
+    let affinity = g.affinity.clone();
     let stream = async_stream::stream! {
         let mut index = 0usize;
         while let Some(step) = g.session.next().await {
@@ -133,5 +142,11 @@ pub async fn generate_stream(
             }
         }
     };
-    Ok(sse::response(stream))
+    let mut response = sse::response(stream);
+    if let Some(v) = affinity.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::affinity::RESPONSE_HEADER, v);
+    }
+    Ok(response)
 }

@@ -12,8 +12,17 @@ use crate::error::ApiError;
 use crate::metrics as m;
 use crate::state::AppState;
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: fails once the model worker has died (it is not restarted in-process), so a
+/// liveness probe restarts the process instead of leaving a replica that can never serve.
+pub async fn health(State(s): State<AppState>) -> Response {
+    match s.try_runtime() {
+        Some(rt) if !rt.worker.alive() => ApiError::unavailable(
+            "the model worker died; this process cannot serve generations any more",
+            s.cfg.server.retry_after_s,
+        )
+        .into_response(),
+        _ => Json(json!({"status": "ok"})).into_response(),
+    }
 }
 
 pub async fn ready(State(s): State<AppState>) -> Response {

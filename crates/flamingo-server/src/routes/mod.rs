@@ -78,10 +78,12 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// Whether a request path may skip the API key.
-pub fn is_public(path: &str) -> bool {
+/// Whether a request may skip the API key: by method and path (`GET /` is the public demo page,
+/// `POST /` is TGI's generation route).
+pub fn is_public(method: &str, path: &str) -> bool {
     ROUTES.iter().any(|r| {
         r.public
+            && r.method == method
             && match r.path.strip_suffix("{path}") {
                 Some(prefix) => path.starts_with(prefix),
                 None => path == r.path,
@@ -187,11 +189,12 @@ mod tests {
     #[test]
     fn every_route_has_a_handler_and_public_paths_are_exact() {
         let _ = router();
-        assert!(is_public("/health"));
-        assert!(is_public("/assets/app.js"));
-        assert!(is_public("/"));
-        assert!(!is_public("/generate"));
-        assert!(!is_public("/v1/models"));
-        assert!(!is_public("/healthz"));
+        assert!(is_public("GET", "/health"));
+        assert!(is_public("GET", "/assets/app.js"));
+        assert!(is_public("GET", "/"));
+        assert!(!is_public("POST", "/"));
+        assert!(!is_public("POST", "/generate"));
+        assert!(!is_public("GET", "/v1/models"));
+        assert!(!is_public("GET", "/healthz"));
     }
 }

@@ -31,6 +31,15 @@ pub fn image_b64(name: &str) -> String {
     b64(&image_bytes(name))
 }
 
+/// A PNG of one colour (shade `seed`), `w` x `h`: distinct bytes per size and seed.
+pub fn png_solid(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb([seed, 255 - seed, seed / 2]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    out.into_inner()
+}
+
 pub fn data_url(b64: &str) -> String {
     format!("data:image/png;base64,{b64}")
 }
