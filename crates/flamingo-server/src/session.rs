@@ -425,7 +425,8 @@ mod tests {
                 timings: Timings::new(now, now),
             },
         );
-        for (id, finish) in [(ids[0], None), (tok.eos_id, Some(FinishReason::StopToken))] {
+        let ended = ids.iter().map(|&id| (id, None));
+        for (id, finish) in ended.chain([(tok.eos_id, Some(FinishReason::StopToken))]) {
             tx.send(WorkerEvent::Token {
                 token: GeneratedToken { id, logprob: -1.0 },
                 finish,
@@ -433,7 +434,7 @@ mod tests {
             .unwrap();
         }
         let (_, tokens, end) = run(&mut s).await;
-        assert_eq!(end.generated_text, "a", "no </s> in the text");
+        assert_eq!(end.generated_text, "a cat on a mat", "no </s> in the text");
         assert!(tokens.last().unwrap().special);
     }
 

@@ -318,7 +318,7 @@ pub fn prepare(
         return Err(bad(
             param,
             format!(
-                "this request needs {kv_bytes} bytes of KV cache ({} rows x {} positions, {n_images} images); limits.max_kv_bytes is {}",
+                "`{param}` is too large for the KV-cache budget: this request needs {kv_bytes} bytes ({} rows x {} positions, {n_images} images); limits.max_kv_bytes is {}",
                 params.num_beams,
                 tokens.len() + max_new_tokens,
                 ctx.max_kv_bytes
