@@ -11,6 +11,7 @@ use crate::beam::{top_candidates, BeamHypotheses, Candidate};
 use crate::error::{ModelError, Result};
 use crate::flamingo::{Flamingo, LogitsFor, PackedInput, SequenceState};
 use crate::media::{generated_media_time, prompt_media_time};
+pub use crate::sampling::TopLogprob;
 use crate::sampling::{log_softmax, Sampler, SamplingParams};
 
 pub type SeqId = u64;
@@ -24,6 +25,9 @@ pub struct GenerationParams {
     pub length_penalty: f64,
     /// Generation stops after any of these (the reference stops on `<|endofchunk|>`).
     pub stop_tokens: Vec<u32>,
+    /// Report this many most likely tokens with each generated token (greedy and sampling;
+    /// beam search reports none). 0 costs nothing.
+    pub top_n: usize,
 }
 
 impl Default for GenerationParams {
@@ -34,6 +38,7 @@ impl Default for GenerationParams {
             num_beams: 1,
             length_penalty: 1.0,
             stop_tokens: Vec::new(),
+            top_n: 0,
         }
     }
 }
@@ -54,10 +59,14 @@ pub enum FinishReason {
     StopToken,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedToken {
     pub id: u32,
+    /// Log-probability under the distribution the token was chosen from (see
+    /// [`Sampler::next_with_top`]).
     pub logprob: f32,
+    /// The `GenerationParams::top_n` most likely tokens of that same distribution, best first.
+    pub top: Vec<TopLogprob>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,11 +370,11 @@ impl Engine {
                     } else {
                         Vec::new()
                     };
-                    let (id, logprob) = s.sampler.next(&row, &seen);
+                    let (id, logprob, top) = s.sampler.next_with_top(&row, &seen, a.params.top_n);
                     s.generated.push(id);
                     events.push(Event::Token {
                         seq: a.id,
-                        token: GeneratedToken { id, logprob },
+                        token: GeneratedToken { id, logprob, top },
                     });
                     if a.params.stop_tokens.contains(&id) {
                         Some((FinishReason::StopToken, Vec::new()))
@@ -508,7 +517,11 @@ fn beam_step(
             tokens: tokens
                 .into_iter()
                 .zip(lps)
-                .map(|(id, logprob)| GeneratedToken { id, logprob })
+                .map(|(id, logprob)| GeneratedToken {
+                    id,
+                    logprob,
+                    top: Vec::new(),
+                })
                 .collect(),
             score,
         })

@@ -32,6 +32,42 @@ pub struct Sampler {
     rng: StdRng,
 }
 
+/// One of the most likely tokens of a step's distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+/// The `n` most likely tokens of `logprobs` (`log_prob(value)` maps a value to its
+/// log-probability), most likely first, ties by lower id; tokens with probability 0 (`-inf`,
+/// removed by top-k/top-p) and NaNs are left out, so the list can be shorter than `n`.
+pub fn most_likely<F: Fn(f32) -> f32>(values: &[f32], n: usize, log_prob: F) -> Vec<TopLogprob> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // Sorted best first; a value enters only if it beats the current last (one compare per
+    // element once the list is full).
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_nan() || v == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.len() == n && v <= best[n - 1].0 {
+            continue;
+        }
+        let at = best.partition_point(|&(b, _)| b >= v);
+        best.insert(at, (v, i as u32));
+        best.truncate(n);
+    }
+    best.into_iter()
+        .map(|(v, id)| TopLogprob {
+            id,
+            logprob: log_prob(v),
+        })
+        .collect()
+}
+
 /// `log_softmax` in f32, computed the way torch does (max-shifted).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let (max, log_sum) = max_and_log_sum_exp(logits);
@@ -82,11 +118,27 @@ impl Sampler {
     /// Picks the next token; returns it with its log-probability under the processed
     /// distribution (the raw one for greedy).
     pub fn next(&mut self, logits: &[f32], seen: &[u32]) -> (u32, f32) {
+        let (token, logprob, _) = self.next_with_top(logits, seen, 0);
+        (token, logprob)
+    }
+
+    /// [`Sampler::next`], plus the `top_n` most likely tokens of the same distribution the
+    /// token was drawn from: after the repetition penalty, temperature, top-k and top-p (TGI's
+    /// `top_tokens` rule), i.e. the raw model distribution for plain greedy decoding. Tokens that
+    /// top-k/top-p removed have probability 0 and are not listed. The token and its
+    /// log-probability are computed exactly as without `top_n`.
+    pub fn next_with_top(
+        &mut self,
+        logits: &[f32],
+        seen: &[u32],
+        top_n: usize,
+    ) -> (u32, f32, Vec<TopLogprob>) {
         let penalty = self.params.repetition_penalty.filter(|&p| p != 1.0);
         if !self.params.do_sample && penalty.is_none() {
             let token = argmax(logits);
             let (max, log_sum) = max_and_log_sum_exp(logits);
-            return (token as u32, logits[token] - max - log_sum);
+            let top = most_likely(logits, top_n, |x| x - max - log_sum);
+            return (token as u32, logits[token] - max - log_sum, top);
         }
         let mut logits = logits.to_vec();
         if let Some(p) = penalty {
@@ -94,7 +146,9 @@ impl Sampler {
         }
         if !self.params.do_sample {
             let token = argmax(&logits);
-            return (token as u32, log_softmax(&logits)[token]);
+            let logprobs = log_softmax(&logits);
+            let top = most_likely(&logprobs, top_n, |x| x);
+            return (token as u32, logprobs[token], top);
         }
         if self.params.temperature != 1.0 {
             let t = self.params.temperature as f32;
@@ -114,7 +168,8 @@ impl Sampler {
         }
         let logprobs = log_softmax(&logits);
         let token = self.draw(&logprobs);
-        (token as u32, logprobs[token])
+        let top = most_likely(&logprobs, top_n, |x| x);
+        (token as u32, logprobs[token], top)
     }
 
     fn draw(&mut self, logprobs: &[f32]) -> usize {
@@ -215,6 +270,39 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(s.next(&[0.1, 0.5, 3.0, 0.2], &[]).0, 2);
         }
+    }
+
+    #[test]
+    fn top_n_lists_the_most_likely_of_the_sampled_distribution() {
+        let logits = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        let lps = log_softmax(&logits);
+        let mut s = Sampler::new(SamplingParams::default());
+        let (token, lp, top) = s.next_with_top(&logits, &[], 3);
+        assert_eq!(
+            (token, lp),
+            s.next(&logits, &[]),
+            "top_n does not change the choice"
+        );
+        let ids: Vec<u32> = top.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [1, 3, 4], "best first, ties by lower id");
+        for t in &top {
+            assert!((t.logprob - lps[t.id as usize]).abs() < 1e-6);
+        }
+        assert_eq!(top[0].logprob, lp, "the greedy token heads its own list");
+        // Sampling with top_k = 2: the distribution has two tokens, renormalised, at T = 0.5.
+        let mut s = Sampler::new(SamplingParams {
+            do_sample: true,
+            temperature: 0.5,
+            top_k: Some(2),
+            seed: 1,
+            ..Default::default()
+        });
+        let (token, lp, top) = s.next_with_top(&logits, &[], 5);
+        assert_eq!(top.len(), 2, "removed tokens are not listed: {top:?}");
+        assert!(top.iter().any(|t| t.id == token && t.logprob == lp));
+        let mass: f32 = top.iter().map(|t| t.logprob.exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-5, "{mass}");
+        assert!(most_likely(&logits, 0, |x| x).is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Parameters {
     pub typical_p: Option<f64>,
     pub watermark: Option<bool>,
     pub truncate: Option<u64>,
+    /// Report this many most likely tokens per generated token (0..=`MAX_TOP_N_TOKENS`).
     pub top_n_tokens: Option<u32>,
     pub frequency_penalty: Option<f64>,
     pub grammar: Option<serde_json::Value>,
@@ -66,9 +67,6 @@ impl Parameters {
                 "truncate",
                 "is not supported: cutting a prompt would drop its images",
             );
-        }
-        if self.top_n_tokens.is_some_and(|n| n > 0) {
-            return refuse("top_n_tokens", "is not supported");
         }
         if self.frequency_penalty.is_some_and(|p| p != 0.0) {
             return refuse(

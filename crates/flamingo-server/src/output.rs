@@ -11,6 +11,10 @@
 //!    text the filter masked (or that was released in the same filter chunk as a mask) leaves
 //!    redacted: the tokenizer's unknown id, log-probability 0, the masked text. A blocked
 //!    output leaves no tokens at all.
+//!
+//! Each token's most likely alternatives (`top_n_tokens`, `top_logprobs`) travel with it and
+//! leave with it: empty when the token is redacted, and each alternative whose own text the
+//! filter would change is redacted the same way (unknown id, log-probability 0, masked text).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +30,20 @@ pub struct TokenOut {
     pub id: u32,
     /// The text this token released after filtering and stop-sequence handling; may be empty
     /// (its text left with a later token of the same release).
+    pub text: String,
+    pub logprob: f32,
+    pub special: bool,
+    /// The step's most likely tokens (as many as requested), best first; empty when none were
+    /// requested or the token was redacted. Serialised by the routes in their own shape.
+    #[serde(skip)]
+    pub top_tokens: Vec<TopToken>,
+}
+
+/// One alternative of a step: TGI's token shape. `text` is the token's own text (its
+/// vocabulary piece with `▁` as a space; special tokens as their piece), not filtered context.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopToken {
+    pub id: u32,
     pub text: String,
     pub logprob: f32,
     pub special: bool,
@@ -79,6 +97,8 @@ pub struct OutputGate {
     tokenizer: Arc<FlamingoTokenizer>,
     decoder: IncrementalDecoder,
     filter: StreamFilter,
+    /// Checks each alternative's text on its own.
+    words: ContentFilter,
     stop: Vec<String>,
     /// Raw (unfiltered) text bytes fed to the filter so far.
     raw_len: usize,
@@ -99,12 +119,17 @@ pub struct OutputGate {
 }
 
 impl OutputGate {
-    pub fn new(tokenizer: Arc<FlamingoTokenizer>, filter: &ContentFilter, stop: Vec<String>) -> Self {
+    pub fn new(
+        tokenizer: Arc<FlamingoTokenizer>,
+        filter: &ContentFilter,
+        stop: Vec<String>,
+    ) -> Self {
         Self {
             unk_id: tokenizer.unk_id(),
             tokenizer,
             decoder: IncrementalDecoder::new(),
             filter: filter.stream(),
+            words: filter.clone(),
             stop,
             raw_len: 0,
             unfiltered: VecDeque::new(),
@@ -210,13 +235,18 @@ impl OutputGate {
             let text = self.text[start.min(text_end)..text_end].to_string();
             let last = group.tokens.len().saturating_sub(1);
             for (i, t) in group.tokens.into_iter().enumerate() {
-                let text = if i == last { text.clone() } else { String::new() };
+                let text = if i == last {
+                    text.clone()
+                } else {
+                    String::new()
+                };
                 tokens.push(if group.masked {
                     TokenOut {
                         id: self.unk_id,
                         text,
                         logprob: 0.0,
                         special: false,
+                        top_tokens: Vec::new(),
                     }
                 } else {
                     TokenOut {
@@ -224,6 +254,11 @@ impl OutputGate {
                         text,
                         logprob: t.logprob,
                         special: self.tokenizer.is_special(t.id),
+                        top_tokens: t
+                            .top
+                            .iter()
+                            .map(|a| self.alternative(a.id, a.logprob))
+                            .collect(),
                     }
                 });
             }
@@ -236,6 +271,46 @@ impl OutputGate {
             self.unfiltered.clear();
         }
         Release { tokens, finish }
+    }
+}
+
+impl OutputGate {
+    /// An alternative token as it may leave: its own text, redacted if the filter would change it.
+    fn alternative(&self, id: u32, logprob: f32) -> TopToken {
+        let tok = &self.tokenizer;
+        let special = tok.is_special(id);
+        let piece = tok.token_piece(id);
+        let text = if special {
+            piece
+        } else if piece.starts_with("<0x") {
+            tok.decode(&[id], false).unwrap_or_default()
+        } else {
+            piece.replace('\u{2581}', " ")
+        };
+        if special {
+            return TopToken {
+                id,
+                text,
+                logprob,
+                special,
+            };
+        }
+        let checked = self.words.check(&text);
+        if checked.acted {
+            TopToken {
+                id: self.unk_id,
+                text: checked.text,
+                logprob: 0.0,
+                special: false,
+            }
+        } else {
+            TopToken {
+                id,
+                text,
+                logprob,
+                special,
+            }
+        }
     }
 }
 

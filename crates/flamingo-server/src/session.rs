@@ -312,7 +312,11 @@ mod tests {
         for (i, &id) in ids.iter().enumerate() {
             let finish = (i + 1 == ids.len()).then_some(end);
             tx.send(WorkerEvent::Token {
-                token: GeneratedToken { id, logprob: -1.0 },
+                token: GeneratedToken {
+                    id,
+                    logprob: -1.0,
+                    top: Vec::new(),
+                },
                 finish,
             })
             .unwrap();
@@ -348,10 +352,17 @@ mod tests {
     #[tokio::test]
     async fn censors_across_token_boundaries_and_redacts_the_ids() {
         let (mut s, ids) = session(FilterMode::Censor, &[], "what a fucking mess");
-        assert!(decoded(ids.clone()).contains("fucking"), "the ids carry the word");
+        assert!(
+            decoded(ids.clone()).contains("fucking"),
+            "the ids carry the word"
+        );
         let (streamed, tokens, end) = run(&mut s).await;
         assert_eq!(streamed, end.generated_text);
-        assert!(!end.generated_text.contains("fucking"), "{}", end.generated_text);
+        assert!(
+            !end.generated_text.contains("fucking"),
+            "{}",
+            end.generated_text
+        );
         assert!(end.generated_text.starts_with("what a f"));
         assert!(end.generated_text.ends_with(" mess"));
         assert!(end.filtered);
@@ -365,6 +376,89 @@ mod tests {
             tokens.iter().any(|t| t.id == ids[0]),
             "clean tokens keep their ids"
         );
+    }
+
+    #[tokio::test]
+    async fn top_tokens_leave_with_their_token_and_are_redacted_with_it() {
+        let tok = tokenizer();
+        let text = "what a fucking mess";
+        let ids: Vec<u32> = tok.encode(text).unwrap().into_iter().skip(1).collect();
+        // An alternative that is a masked word on its own ("shit" is one token here or not; either
+        // way its text as a whole alternative would be masked if it is one piece).
+        let bad: Vec<u32> = tok.encode(" shit").unwrap().into_iter().skip(1).collect();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let now = Instant::now();
+        let mut s = Session::new(
+            rx,
+            SessionConfig {
+                tokenizer: tok.clone(),
+                filter: ContentFilter::new(FilterConfig {
+                    mode: FilterMode::Censor,
+                    ..FilterConfig::default()
+                }),
+                stop: Vec::new(),
+                deadline: now + Duration::from_secs(10),
+                retry_after_s: 1,
+                timings: Timings::new(now, now),
+            },
+        );
+        for (i, &id) in ids.iter().enumerate() {
+            let finish = (i + 1 == ids.len()).then_some(FinishReason::StopToken);
+            let top = vec![
+                flamingo_model::engine::TopLogprob { id, logprob: -0.5 },
+                flamingo_model::engine::TopLogprob {
+                    id: bad[0],
+                    logprob: -1.5,
+                },
+            ];
+            tx.send(WorkerEvent::Token {
+                token: GeneratedToken {
+                    id,
+                    logprob: -0.5,
+                    top,
+                },
+                finish,
+            })
+            .unwrap();
+        }
+        let (_, tokens, end) = run(&mut s).await;
+        assert_eq!(end.tokens, tokens);
+        let unk = tok.unk_id();
+        let redacted: Vec<&TokenOut> = tokens.iter().filter(|t| t.id == unk).collect();
+        assert!(
+            !redacted.is_empty(),
+            "the masked word's tokens are redacted"
+        );
+        for t in &tokens {
+            if t.id == unk {
+                assert!(
+                    t.top_tokens.is_empty(),
+                    "a redacted token keeps no alternatives: {t:?}"
+                );
+                continue;
+            }
+            assert_eq!(t.top_tokens.len(), 2, "{t:?}");
+            assert_eq!(
+                t.top_tokens[0].id, t.id,
+                "its own alternative leaves with it"
+            );
+            assert_eq!(t.top_tokens[0].logprob, -0.5);
+        }
+        let leaked: Vec<u32> = tokens
+            .iter()
+            .flat_map(|t| t.top_tokens.iter().map(|a| a.id))
+            .collect();
+        assert!(
+            !decoded(leaked.iter().copied()).contains("fuck"),
+            "no alternative spells the masked word"
+        );
+        if bad.len() == 1 {
+            // One piece: the alternative is masked on its own.
+            let alt = &tokens[0].top_tokens[1];
+            assert_eq!(alt.id, unk, "{alt:?}");
+            assert!(!alt.text.contains("shit"), "{alt:?}");
+            assert_eq!(alt.logprob, 0.0);
+        }
     }
 
     #[tokio::test]
@@ -394,7 +488,12 @@ mod tests {
         // hidden word.
         let (mut s, _) = session(FilterMode::Censor, &["fucking"], "what a fucking mess");
         let (_, _, end) = run(&mut s).await;
-        assert_eq!(end.finish_reason, Finish::EosToken, "{:?}", end.generated_text);
+        assert_eq!(
+            end.finish_reason,
+            Finish::EosToken,
+            "{:?}",
+            end.generated_text
+        );
         assert!(end.generated_text.ends_with(" mess"));
         // The masked text itself can match.
         let (mut s, _) = session(FilterMode::Censor, &["*** "], "what a fucking mess");
@@ -428,7 +527,11 @@ mod tests {
         let ended = ids.iter().map(|&id| (id, None));
         for (id, finish) in ended.chain([(tok.eos_id, Some(FinishReason::StopToken))]) {
             tx.send(WorkerEvent::Token {
-                token: GeneratedToken { id, logprob: -1.0 },
+                token: GeneratedToken {
+                    id,
+                    logprob: -1.0,
+                    top: Vec::new(),
+                },
                 finish,
             })
             .unwrap();

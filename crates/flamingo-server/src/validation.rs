@@ -58,6 +58,8 @@ pub struct Resolved {
     pub details: bool,
     pub decoder_input_details: bool,
     pub return_full_text: bool,
+    /// Alternatives reported per generated token.
+    pub top_n_tokens: usize,
 }
 
 pub struct Prepared {
@@ -69,6 +71,10 @@ pub struct Prepared {
     /// KV-cache bytes the sequence reserves while it runs.
     pub kv_bytes: usize,
 }
+
+/// Most alternatives a request may ask for per token (`top_n_tokens`; OpenAI's `top_logprobs`
+/// allows 0..=20).
+pub const MAX_TOP_N_TOKENS: u32 = 20;
 
 /// Temperatures below this decode greedily.
 pub const GREEDY_TEMPERATURE: f64 = 1e-5;
@@ -180,6 +186,19 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             ));
         }
     }
+    let top_n_tokens = p.top_n_tokens.unwrap_or(0);
+    if top_n_tokens > MAX_TOP_N_TOKENS {
+        return Err(bad(
+            "top_n_tokens",
+            format!("`top_n_tokens` must be between 0 and {MAX_TOP_N_TOKENS} (got {top_n_tokens})"),
+        ));
+    }
+    if top_n_tokens > 0 && beams > 1 {
+        return Err(bad(
+            "top_n_tokens",
+            "`top_n_tokens` is not reported by beam search (num_beams > 1)".into(),
+        ));
+    }
     let seed = do_sample.then(|| p.seed.unwrap_or_else(rand::random));
     Ok(Resolved {
         sampling: SamplingParams {
@@ -199,6 +218,7 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
         details: p.details.unwrap_or(false),
         decoder_input_details: p.decoder_input_details.unwrap_or(false),
         return_full_text: p.return_full_text.unwrap_or(false),
+        top_n_tokens: top_n_tokens as usize,
     })
 }
 
@@ -300,6 +320,7 @@ pub fn prepare(
             }
             None => vec![tok.end_of_chunk_id, tok.eos_id],
         },
+        top_n: resolved.top_n_tokens,
     };
     ctx.checker
         .validate(&tokens, n_images, &params)

@@ -63,6 +63,11 @@ pub async fn generate(
             "tokens": f.tokens,
             "prefill": prefill,
         });
+        if r.top_n_tokens > 0 {
+            // TGI: one list per generated token, as the output gate released them.
+            body["details"]["top_tokens"] =
+                json!(f.tokens.iter().map(|t| &t.top_tokens).collect::<Vec<_>>());
+        }
     }
     let mut response = Json(body).into_response();
     timing_headers(&mut response, &g);
@@ -109,6 +114,7 @@ pub async fn generate_stream(
     }
     let mut g = begin(&s, &id, Ok(Json(req))).await?;
     let seed = g.resolved.seed;
+    let want_top = g.resolved.top_n_tokens > 0;
     let affinity = g.affinity.clone();
     let stream = async_stream::stream! {
         let mut index = 0usize;
@@ -126,18 +132,27 @@ pub async fn generate_stream(
             let last = if step.end.is_some() { tokens.pop() } else { None };
             for t in tokens {
                 index += 1;
-                yield Ok(sse::json(&json!({"index": index, "token": t, "generated_text": null, "details": null})));
+                let mut event = json!({"index": index, "token": t, "generated_text": null, "details": null});
+                if want_top {
+                    event["top_tokens"] = json!(t.top_tokens);
+                }
+                yield Ok(sse::json(&event));
             }
             if let Some(f) = step.end {
                 index += 1;
                 g.log_finished("/generate_stream", &f);
-                yield Ok(sse::json(&json!({
+                let top = last.as_ref().map(|t| t.top_tokens.clone()).unwrap_or_default();
+                let mut event = json!({
                     "index": index,
                     "token": last.map(|t| json!(t)).unwrap_or(Value::Null),
                     "generated_text": f.generated_text,
                     "details": {"finish_reason": f.finish_reason.as_str(), "generated_tokens": f.generated_tokens, "seed": seed},
                     "filtered": f.filtered,
-                })));
+                });
+                if want_top {
+                    event["top_tokens"] = json!(top);
+                }
+                yield Ok(sse::json(&event));
                 break;
             }
         }
