@@ -139,8 +139,10 @@ async fn request_id(mut req: Request<Body>, next: Next) -> Response {
 }
 
 /// A body announced larger than the limit is refused from its `Content-Length`, before any of
-/// it is read and without `100 Continue`: hyper sends that when the unread body is dropped
-/// before the response head is written, so the body is kept until the response goes.
+/// it is read. A client that waits for `100 Continue` gets the 413 instead and sends nothing.
+/// A client that sends its body anyway must be able to read the 413: closing with unread data
+/// makes the kernel reset the connection under it (a broken pipe instead of an answer), so the
+/// rest of the body is read and discarded (bounded) while the answer goes out.
 async fn refuse_oversized(State(s): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let announced = req
         .headers()
@@ -149,7 +151,11 @@ async fn refuse_oversized(State(s): State<AppState>, req: Request<Body>, next: N
         .and_then(|v| v.trim().parse::<u64>().ok());
     match announced {
         Some(n) if n > s.cfg.server.max_body_bytes as u64 => {
-            let mut response = ApiError::new(
+            let waits_for_continue = req
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let response = ApiError::new(
                 ErrorKind::PayloadTooLarge,
                 format!(
                     "the request body ({n} bytes) is larger than the server's limit (server.max_body_bytes = {})",
@@ -157,20 +163,36 @@ async fn refuse_oversized(State(s): State<AppState>, req: Request<Body>, next: N
                 ),
             )
             .into_response();
-            let unread = UnreadBody {
-                _held: std::sync::Arc::new(std::sync::Mutex::new(Some(req.into_body()))),
-            };
-            response.extensions_mut().insert(unread);
+            let body = req.into_body();
+            if waits_for_continue {
+                // Dropped unread in hyper's "continue" state: no 100 is sent, nothing is read.
+                drop(body);
+            } else {
+                tokio::spawn(discard(body, n.min(DISCARD_MAX_BYTES), DISCARD_MAX_TIME));
+            }
             response
         }
         _ => next.run(req).await,
     }
 }
 
-/// Holds a request body nobody will read until the response carrying it is dropped.
-#[derive(Clone)]
-struct UnreadBody {
-    _held: std::sync::Arc<std::sync::Mutex<Option<Body>>>,
+/// At most this much of a refused body is read away before the connection is just closed.
+const DISCARD_MAX_BYTES: u64 = 256 << 20;
+const DISCARD_MAX_TIME: Duration = Duration::from_secs(10);
+
+async fn discard(body: Body, max_bytes: u64, max_time: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(max_time, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read >= max_bytes {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 pub fn app(state: AppState) -> Router {

@@ -212,6 +212,23 @@ async fn an_oversized_content_length_is_refused_before_the_body() {
         let n = c.read(&mut buf).unwrap();
         let head = String::from_utf8_lossy(&buf[..n]);
         assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+
+        // A client that sends the whole 64 MB anyway reads a 413, not a broken pipe.
+        let mut c = TcpStream::connect(host_port(&s)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 67108864\r\n\r\n")
+            .unwrap();
+        let mut writer = c.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let chunk = vec![b' '; 1 << 20];
+            (0..64).all(|_| writer.write_all(&chunk).is_ok())
+        });
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let sent_all = sender.join().unwrap();
+        let head = String::from_utf8_lossy(&answer);
+        assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+        assert!(sent_all, "the body was read away, not cut with a reset");
     })
     .await
 }
