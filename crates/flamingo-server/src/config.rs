@@ -36,10 +36,30 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds suggested in `Retry-After` on 429 and 503.
     pub retry_after_s: u64,
-    /// Fetching http(s) image URLs. Not supported yet: must stay false (such URLs get 422).
+    /// Fetch http(s) image URLs (chat `image_url`, markdown `![](url)`, `images`, few-shot
+    /// images). Off: such URLs get 422. See `fetch.rs` for the guards.
     pub allow_image_urls: bool,
-    /// Hosts that could be fetched once fetching exists. Not supported yet: must stay empty.
+    /// Which hosts: `allowlist` (only `image_url_allowlist`) or `public` (any host). In both,
+    /// only public addresses are connected to unless `image_url_allow_private` holds them.
+    pub image_url_mode: String,
+    /// Hosts fetched in `allowlist` mode: `images.example.com` exactly, `*.example.com` its
+    /// subdomains.
     pub image_url_allowlist: Vec<String>,
+    /// Non-public address ranges that may be fetched anyway (CIDRs such as `10.1.2.0/24` or
+    /// single addresses); never cloud metadata, unspecified, multicast or broadcast addresses.
+    pub image_url_allow_private: Vec<String>,
+    /// Refuse `http://` image URLs (https only).
+    pub image_url_https_only: bool,
+    /// Name lookup + TCP connect + TLS handshake of one fetch (504 after it).
+    pub image_url_connect_timeout_ms: u64,
+    /// Whole fetch of one image, redirects and body included (504 after it).
+    pub image_url_timeout_ms: u64,
+    /// Largest fetched image in bytes; 0 = limits.max_image_bytes (413 over it).
+    pub image_url_max_bytes: u64,
+    /// Image fetches in flight at once in the process; more wait (until their request's deadline).
+    pub image_url_max_concurrent: usize,
+    /// Redirects followed per image (each target is checked again).
+    pub image_url_max_redirects: usize,
     /// Open client connections at most; more are closed at once (slow clients cannot hold every
     /// file descriptor).
     pub max_connections: usize,
@@ -65,7 +85,15 @@ impl Default for ServerConfig {
             max_body_bytes: 25 * 1024 * 1024,
             retry_after_s: 1,
             allow_image_urls: false,
+            image_url_mode: "allowlist".into(),
             image_url_allowlist: Vec::new(),
+            image_url_allow_private: Vec::new(),
+            image_url_https_only: false,
+            image_url_connect_timeout_ms: 5_000,
+            image_url_timeout_ms: 15_000,
+            image_url_max_bytes: 0,
+            image_url_max_concurrent: 16,
+            image_url_max_redirects: 3,
             max_connections: 1024,
             header_read_timeout_s: 10,
             keep_alive_timeout_s: 60,
@@ -388,10 +416,62 @@ impl Config {
                 );
             }
         }
-        if s.allow_image_urls || !s.image_url_allowlist.is_empty() {
+        one_of(
+            "server.image_url_mode",
+            &s.image_url_mode,
+            &["allowlist", "public"],
+        )?;
+        for (key, v) in [
+            (
+                "server.image_url_connect_timeout_ms",
+                s.image_url_connect_timeout_ms as usize,
+            ),
+            (
+                "server.image_url_timeout_ms",
+                s.image_url_timeout_ms as usize,
+            ),
+            (
+                "server.image_url_max_concurrent",
+                s.image_url_max_concurrent,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if s.image_url_max_bytes > l.max_image_bytes as u64 {
             return bad(
-                "server.allow_image_urls",
-                "fetching http(s) image URLs is not supported by this version; send images as base64 or data: URLs".into(),
+                "server.image_url_max_bytes",
+                format!(
+                    "must not exceed limits.max_image_bytes ({}); 0 = that limit",
+                    l.max_image_bytes
+                ),
+            );
+        }
+        if let Some(h) = s.image_url_allowlist.iter().find(|h| {
+            let name = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+            let literal = name.trim_start_matches('[').trim_end_matches(']');
+            literal.parse::<std::net::IpAddr>().is_err()
+                && (name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+        }) {
+            return bad(
+                "server.image_url_allowlist",
+                format!("`{h}`: expected a host name like images.example.com or *.example.com"),
+            );
+        }
+        for c in &s.image_url_allow_private {
+            if let Err(e) = crate::fetch::Cidr::parse(c) {
+                return bad("server.image_url_allow_private", e);
+            }
+        }
+        if s.allow_image_urls && s.image_url_mode == "allowlist" && s.image_url_allowlist.is_empty()
+        {
+            return bad(
+                "server.image_url_allowlist",
+                "server.allow_image_urls in allowlist mode needs at least one host (or server.image_url_mode = \"public\")".into(),
             );
         }
         Ok(())
@@ -601,8 +681,36 @@ mod tests {
         );
         check(
             &|c| c.server.allow_image_urls = true,
-            "server.allow_image_urls",
+            "server.image_url_allowlist",
         );
+        check(
+            &|c| c.server.image_url_mode = "everything".into(),
+            "server.image_url_mode",
+        );
+        check(
+            &|c| c.server.image_url_allow_private = vec!["localhost".into()],
+            "server.image_url_allow_private",
+        );
+        check(
+            &|c| c.server.image_url_allowlist = vec!["https://x.example/".into()],
+            "server.image_url_allowlist",
+        );
+        check(
+            &|c| c.server.image_url_max_bytes = 1 << 40,
+            "server.image_url_max_bytes",
+        );
+        check(
+            &|c| c.server.image_url_timeout_ms = 0,
+            "server.image_url_timeout_ms",
+        );
+        let mut c = Config::default();
+        c.server.allow_image_urls = true;
+        c.server.image_url_mode = "public".into();
+        c.server.image_url_allow_private = vec!["127.0.0.1/32".into(), "::1".into()];
+        c.validate().unwrap();
+        c.server.image_url_mode = "allowlist".into();
+        c.server.image_url_allowlist = vec!["*.example.com".into(), "127.0.0.1".into()];
+        c.validate().unwrap();
         Config::default().validate().unwrap();
         let mut c = Config::default();
         c.model.device = "cuda:1".into();

@@ -48,6 +48,9 @@ pub struct ImageContext<'a> {
     /// Set when the client has gone: stop before the next expensive step.
     pub cancelled: &'a AtomicBool,
     pub deadline: Instant,
+    /// Bytes of the payloads that were image URLs, fetched before (`fetch::fetch_images`), at
+    /// their payload's index; empty when the request had none.
+    pub fetched: &'a [Option<Vec<u8>>],
 }
 
 /// Loads a request's images in order: bytes and their hash first, then the feature cache, then
@@ -61,7 +64,10 @@ pub fn load_all(payloads: &[String], cx: &ImageContext) -> Result<Vec<ImageInput
         if cx.cancelled.load(Ordering::Relaxed) {
             return Err(client_gone());
         }
-        let bytes = payload_bytes(payload, cx.limits, &what)?;
+        let bytes: std::borrow::Cow<[u8]> = match cx.fetched.get(i).and_then(|b| b.as_deref()) {
+            Some(fetched) => fetched.into(),
+            None => payload_bytes(payload, cx.limits, &what)?.into(),
+        };
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(done) = seen.get(&hash) {
             out.push(done.clone());
@@ -143,8 +149,9 @@ pub fn image_limits(limits: &Limits) -> ImageLimits {
 pub fn payload_bytes(payload: &str, limits: &Limits, what: &str) -> Result<Vec<u8>, ApiError> {
     let payload = payload.trim();
     if payload.starts_with("http://") || payload.starts_with("https://") {
+        // Fetched URLs never get here (`fetch::fetch_images` replaces them by their bytes).
         return Err(ApiError::validation(format!(
-            "{what}: image URLs are not fetched by this server (server.allow_image_urls is not supported); \
+            "{what}: image URLs are not fetched here (server.allow_image_urls); \
              send the image as base64 or a data:image/...;base64, URL"
         )));
     }

@@ -11,6 +11,7 @@ pub mod app;
 pub mod budget;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod filter;
 pub mod images;
 pub mod metrics;

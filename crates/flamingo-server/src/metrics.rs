@@ -32,6 +32,13 @@ pub const IMAGE_CACHE_ENTRIES: &str = "flamingo_image_cache_entries";
 pub const WORKER_ALIVE: &str = "flamingo_worker_alive";
 pub const READY: &str = "flamingo_ready";
 pub const IMAGES_DECODED: &str = "flamingo_images_decoded_total";
+/// Image URL fetches by `outcome` (ok, refused, too_large, timeout, error).
+pub const IMAGE_FETCHES: &str = "flamingo_image_fetches_total";
+/// Image URLs refused by `reason` (disabled, scheme, credentials, not_allowlisted,
+/// forbidden_address, dns, too_many_redirects, invalid_url, content_type, too_large).
+pub const IMAGE_FETCH_REFUSALS: &str = "flamingo_image_fetch_refusals_total";
+pub const IMAGE_FETCH_SECONDS: &str = "flamingo_image_fetch_duration_seconds";
+pub const IMAGE_FETCH_BYTES: &str = "flamingo_image_fetch_bytes_total";
 pub const PREPROCESS_WAITING: &str = "flamingo_preprocess_waiting";
 pub const OPEN_CONNECTIONS: &str = "flamingo_open_connections";
 pub const CONNECTIONS_REFUSED: &str = "flamingo_connections_refused_total";
@@ -179,6 +186,20 @@ fn describe() {
         IMAGES_DECODED,
         "Images decoded (neither cached nor repeated in their request)"
     );
+    describe_counter!(
+        IMAGE_FETCHES,
+        "Image URL fetches by outcome (ok, refused, too_large, timeout, error)"
+    );
+    describe_counter!(
+        IMAGE_FETCH_REFUSALS,
+        "Image URLs refused by reason (disabled, scheme, not_allowlisted, forbidden_address, content_type, too_large, ...)"
+    );
+    describe_histogram!(
+        IMAGE_FETCH_SECONDS,
+        Unit::Seconds,
+        "Duration of image URL fetches, redirects and body included"
+    );
+    describe_counter!(IMAGE_FETCH_BYTES, "Bytes of fetched image URL bodies");
     describe_gauge!(
         PREPROCESS_WAITING,
         "Requests holding a queue place while they wait for or run preprocessing"

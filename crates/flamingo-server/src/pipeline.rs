@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::api::Parameters;
 use crate::error::{ApiError, ErrorKind};
+use crate::fetch;
 use crate::metrics as m;
 use crate::prompt::Rendered;
 use crate::session::{Final, Session, SessionConfig, Timings};
@@ -102,15 +103,57 @@ where
     let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let prep = rt.prep.clone();
     let span = tracing::debug_span!("preprocess");
-    let prepared = tokio::task::spawn_blocking(move || {
+    let (prep2, cancelled2, span2) = (prep.clone(), cancelled.clone(), span.clone());
+    // Text checks first; a request with image URLs then gives its preprocessing slot back while
+    // the URLs are fetched (network time must not hold the CPU slots), and decodes after.
+    let first = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        span.in_scope(|| {
+        span.in_scope(|| -> Result<Result<_, (_, Vec<String>)>, ApiError> {
             let rendered = render()?;
-            validation::prepare(rendered, resolved, &prep, &cancelled, deadline)
+            let (text, payloads) = validation::prepare_text(rendered, resolved, &prep)?;
+            if !payloads.iter().any(|p| fetch::is_url(p)) {
+                let done =
+                    validation::load_images(text, &payloads, &prep, &cancelled, deadline, &[])?;
+                return Ok(Ok(done));
+            }
+            Ok(Err((text, payloads)))
         })
     })
     .await
     .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
+    let prepared = match first {
+        Ok(done) => done,
+        Err((text, payloads)) => {
+            let fetched = fetch::fetch_images(rt.fetcher.as_deref(), &payloads, deadline)
+                .instrument(tracing::debug_span!("fetch_images"))
+                .await?;
+            let permit =
+                tokio::time::timeout_at(deadline.into(), rt.prep_slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            ErrorKind::Timeout,
+                            "the request passed its deadline waiting for a preprocessing slot",
+                        )
+                    })?
+                    .map_err(|_| ApiError::internal("the preprocessing slots are closed"))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                span2.in_scope(|| {
+                    validation::load_images(
+                        text,
+                        &payloads,
+                        &prep2,
+                        &cancelled2,
+                        deadline,
+                        &fetched,
+                    )
+                })
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??
+        }
+    };
     let prepared_at = Instant::now();
     metrics::histogram!(m::PREPARE_SECONDS).record((prepared_at - arrived).as_secs_f64());
     let hashes: Vec<[u8; 32]> = prepared.images.iter().map(|i| i.hash).collect();

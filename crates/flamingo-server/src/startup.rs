@@ -212,6 +212,15 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         max_positions = prep.max_positions,
         "model loaded"
     );
+    let fetcher = crate::fetch::Fetcher::from_config(&cfg.server, &cfg.limits)?.map(Arc::new);
+    if fetcher.is_some() {
+        tracing::info!(
+            mode = %cfg.server.image_url_mode,
+            allowlist = ?cfg.server.image_url_allowlist,
+            allow_private = ?cfg.server.image_url_allow_private,
+            "image URL fetching is on"
+        );
+    }
     let slots = match l.preprocess_slots {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -229,6 +238,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         worker,
         prep_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         model_info,
+        fetcher,
     })
 }
 

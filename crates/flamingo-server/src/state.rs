@@ -25,6 +25,8 @@ pub struct Runtime {
     pub prep_slots: Arc<tokio::sync::Semaphore>,
     /// The static part of `/info` (model, dtype, device, sizes).
     pub model_info: serde_json::Value,
+    /// Image URL fetching; None when `server.allow_image_urls` is off.
+    pub fetcher: Option<Arc<crate::fetch::Fetcher>>,
 }
 
 pub struct Shared {

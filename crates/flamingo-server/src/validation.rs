@@ -231,6 +231,17 @@ pub fn prepare(
     cancelled: &AtomicBool,
     deadline: Instant,
 ) -> Result<Prepared, ApiError> {
+    let (prepared, payloads) = prepare_text(rendered, resolved, ctx)?;
+    load_images(prepared, &payloads, ctx, cancelled, deadline, &[])
+}
+
+/// [`prepare`] without the images: every check of the text, counts and limits (cheap, done
+/// before any image URL is fetched). Returns the image payloads, for [`load_images`].
+pub fn prepare_text(
+    rendered: Rendered,
+    resolved: Resolved,
+    ctx: &PrepContext,
+) -> Result<(Prepared, Vec<String>), ApiError> {
     let l = &ctx.limits;
     let n_images = rendered.images.len();
     if n_images > l.max_images {
@@ -346,25 +357,42 @@ pub fn prepare(
             ),
         ));
     }
-    let images = images::load_all(
-        &rendered.images,
+    Ok((
+        Prepared {
+            prompt: rendered.prompt,
+            tokens,
+            images: Vec::new(),
+            params,
+            resolved,
+            kv_bytes,
+        },
+        rendered.images,
+    ))
+}
+
+/// Decodes a request's images (after [`prepare_text`]); `fetched` holds the bytes of image URL
+/// payloads at their index (`fetch::fetch_images`), empty when there were none.
+pub fn load_images(
+    mut prepared: Prepared,
+    payloads: &[String],
+    ctx: &PrepContext,
+    cancelled: &AtomicBool,
+    deadline: Instant,
+    fetched: &[Option<Vec<u8>>],
+) -> Result<Prepared, ApiError> {
+    prepared.images = images::load_all(
+        payloads,
         &ImageContext {
-            limits: l,
+            limits: &ctx.limits,
             spec: &ctx.pixels,
             cache: &ctx.cache,
             budget: &ctx.decode_budget,
             cancelled,
             deadline,
+            fetched,
         },
     )?;
-    Ok(Prepared {
-        prompt: rendered.prompt,
-        tokens,
-        images,
-        params,
-        resolved,
-        kv_bytes,
-    })
+    Ok(prepared)
 }
 
 #[cfg(test)]
