@@ -149,7 +149,7 @@ impl LlamaConfig {
             eos_token_id: 2,
         }
     }
-    pub fn from_file(path: &Path) -> Result<Self> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self> {
         read_json(path)
     }
     pub fn head_dim(&self) -> usize {
@@ -205,7 +205,7 @@ impl FlamingoConfig {
     }
 
     /// Applies an `openflamingo_config.json` (fixture format) on top of `self`.
-    pub fn apply_overrides(&mut self, o: &FlamingoOverrides) {
+    pub(crate) fn apply_overrides(&mut self, o: &FlamingoOverrides) {
         if let Some(n) = o.cross_attn_every_n_layers {
             self.cross_attn_every_n_layers = n;
         }
@@ -238,7 +238,7 @@ impl FlamingoConfig {
     /// open_clip's `{model_cfg: {vision_cfg: ...}, preprocess_cfg: {...}}` (the
     /// `open_clip_config.json` of open_clip's Hugging Face uploads, and the fixture's). The image is
     /// resized and cropped to the tower's `image_size` (open_clip's eval transform).
-    pub fn apply_open_clip_config(
+    pub(crate) fn apply_open_clip_config(
         &mut self,
         c: &OpenClipConfig,
     ) -> std::result::Result<(), String> {
@@ -277,7 +277,7 @@ impl FlamingoConfig {
     }
 
     /// HF `CLIPVisionConfig` json (`vision_hf/config.json`).
-    pub fn apply_hf_clip_config(&mut self, c: &HfClipConfig) {
+    pub(crate) fn apply_hf_clip_config(&mut self, c: &HfClipConfig) {
         let v = c.vision_config.as_ref().unwrap_or(&c.flat);
         set(&mut self.vision.image_size, v.image_size);
         set(&mut self.vision.patch_size, v.patch_size);
@@ -296,7 +296,7 @@ impl FlamingoConfig {
 
     /// HF `CLIPImageProcessor` json (`preprocessor_config.json` next to the HF CLIP weights): the
     /// resize target, crop and mean/std. Settings the eval transform cannot reproduce are errors.
-    pub fn apply_hf_preprocessor_config(
+    pub(crate) fn apply_hf_preprocessor_config(
         &mut self,
         c: &HfPreprocessorConfig,
     ) -> std::result::Result<(), String> {
@@ -335,7 +335,7 @@ impl FlamingoConfig {
 
     /// Why the loaded files describe a model the server cannot run, if they do: the crop must be
     /// the tower's input, the input a whole number of patches, the preprocessing well-formed.
-    pub fn check_servable(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check_servable(&self) -> std::result::Result<(), String> {
         let v = &self.vision;
         if v.patch_size == 0 || v.image_size == 0 {
             return Err(format!(
@@ -370,7 +370,7 @@ fn set<T: Copy>(field: &mut T, value: Option<T>) {
 /// `openflamingo_config.json`: every field optional, unknown fields ignored (the fixture
 /// carries descriptive strings too).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct FlamingoOverrides {
+pub(crate) struct FlamingoOverrides {
     pub cross_attn_every_n_layers: Option<usize>,
     pub perceiver: Option<PerceiverOverrides>,
     pub gated_xattn: Option<XattnOverrides>,
@@ -380,7 +380,7 @@ pub struct FlamingoOverrides {
 
 /// `image_preprocess` of `openflamingo_config.json` (the fixture format).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ImagePreprocessOverrides {
+pub(crate) struct ImagePreprocessOverrides {
     pub image_size: Option<usize>,
     pub center_crop: Option<usize>,
     #[serde(default, deserialize_with = "rgb")]
@@ -390,7 +390,7 @@ pub struct ImagePreprocessOverrides {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct PerceiverOverrides {
+pub(crate) struct PerceiverOverrides {
     pub depth: Option<usize>,
     pub num_latents: Option<usize>,
     pub heads: Option<usize>,
@@ -399,14 +399,14 @@ pub struct PerceiverOverrides {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct XattnOverrides {
+pub(crate) struct XattnOverrides {
     pub heads: Option<usize>,
     pub dim_head: Option<usize>,
     pub ff_mult: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct OpenClipConfig {
+pub(crate) struct OpenClipConfig {
     pub model_cfg: OpenClipModelCfg,
     #[serde(default)]
     pub preprocess_cfg: Option<OpenClipPreprocessCfg>,
@@ -414,7 +414,7 @@ pub struct OpenClipConfig {
 
 /// open_clip's `preprocess_cfg` (`open_clip_config.json`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct OpenClipPreprocessCfg {
+pub(crate) struct OpenClipPreprocessCfg {
     #[serde(default, deserialize_with = "rgb")]
     pub mean: Option<[f32; 3]>,
     #[serde(default, deserialize_with = "rgb")]
@@ -424,12 +424,12 @@ pub struct OpenClipPreprocessCfg {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct OpenClipModelCfg {
+pub(crate) struct OpenClipModelCfg {
     pub vision_cfg: OpenClipVisionCfg,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct OpenClipVisionCfg {
+pub(crate) struct OpenClipVisionCfg {
     /// open_clip accepts an int or `[height, width]`.
     pub image_size: Option<Side>,
     pub patch_size: Option<Side>,
@@ -440,14 +440,14 @@ pub struct OpenClipVisionCfg {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct HfClipConfig {
+pub(crate) struct HfClipConfig {
     pub vision_config: Option<HfClipVisionFields>,
     #[serde(flatten)]
     pub flat: HfClipVisionFields,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct HfClipVisionFields {
+pub(crate) struct HfClipVisionFields {
     pub image_size: Option<usize>,
     pub patch_size: Option<usize>,
     pub hidden_size: Option<usize>,
@@ -461,7 +461,7 @@ pub struct HfClipVisionFields {
 /// `{"shortest_edge": 224}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
-pub enum Side {
+pub(crate) enum Side {
     One(usize),
     Pair([usize; 2]),
     HeightWidth { height: usize, width: usize },
@@ -470,7 +470,7 @@ pub enum Side {
 
 impl Side {
     /// The side of a square; `what` names the field in the error.
-    pub fn square(&self, what: &str) -> std::result::Result<usize, String> {
+    pub(crate) fn square(&self, what: &str) -> std::result::Result<usize, String> {
         match *self {
             Side::One(n) | Side::ShortestEdge { shortest_edge: n } => Ok(n),
             Side::Pair([h, w])
@@ -489,7 +489,7 @@ impl Side {
     }
 
     /// The shorter side a resize targets (HF `size`).
-    pub fn shortest_edge(&self, what: &str) -> std::result::Result<usize, String> {
+    pub(crate) fn shortest_edge(&self, what: &str) -> std::result::Result<usize, String> {
         match self {
             Side::HeightWidth { .. } | Side::Pair(_) => Err(format!(
                 "{what} = {self:?}: a fixed height x width resize (no aspect ratio kept) is not supported; use shortest_edge"
@@ -501,7 +501,7 @@ impl Side {
 
 /// HF `CLIPImageProcessor` / `CLIPFeatureExtractor` json (`preprocessor_config.json`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct HfPreprocessorConfig {
+pub(crate) struct HfPreprocessorConfig {
     pub size: Option<Side>,
     pub crop_size: Option<Side>,
     #[serde(default, deserialize_with = "rgb")]

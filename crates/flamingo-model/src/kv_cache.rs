@@ -23,10 +23,6 @@ impl KvCache {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The device history (created on first use).
     pub fn device(&mut self) -> Result<&mut DeviceKv> {
         if let KvCache::Empty = self {

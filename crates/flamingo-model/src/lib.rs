@@ -1,26 +1,30 @@
 //! OpenFlamingo (v1 release semantics) in candle.
 
-pub mod beam;
+pub(crate) mod beam;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod flamingo;
+pub(crate) mod flamingo;
+#[doc(hidden)] // for bench_model only; not part of the API
 pub mod kernels;
-pub mod kv_cache;
+pub(crate) mod kv_cache;
 pub mod linear;
-pub mod llama;
+pub(crate) mod llama;
 pub mod media;
+#[doc(hidden)] // for bench_model only; not part of the API
 pub mod nn;
 pub mod paths;
-pub mod perceiver;
+pub(crate) mod perceiver;
 pub mod preprocess;
 pub mod sampling;
 pub mod tokenizer;
-pub mod vision;
-pub mod weights;
-pub mod xattn;
+pub(crate) mod vision;
+pub(crate) mod weights;
+pub(crate) mod xattn;
 
 pub use config::{FlamingoConfig, MediaRule};
 pub use error::{LoadError, ModelError, Result};
-pub use flamingo::{Flamingo, LoadOptions, LogitsFor, PackedInput, SequenceState, Trace};
+pub use flamingo::{
+    resolve_config, Flamingo, LoadOptions, LogitsFor, PackedInput, SequenceState, Trace,
+};
 pub use paths::{ModelPaths, VisionWeights};

@@ -41,7 +41,7 @@ enum Kind {
 
 /// `y = x · Wᵀ (+ b)` over the last dimension of `x`, in `x`'s dtype.
 #[derive(Debug, Clone)]
-pub struct Linear {
+pub(crate) struct Linear {
     kind: Kind,
     out_dim: usize,
 }

@@ -134,22 +134,6 @@ impl TensorStore {
         self.location.contains_key(key)
     }
 
-    pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        self.location.get(key).map(|(_, s)| s.as_slice())
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.location.keys().map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.location.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.location.is_empty()
-    }
-
     pub fn file_of(&self, key: &str) -> Option<&Path> {
         self.location
             .get(key)
@@ -175,24 +159,6 @@ impl TensorStore {
                 files: self.describe_files(),
             })?;
         self.files[*file].load(key)
-    }
-
-    /// Loads `key`, checking its shape first so a wrong file fails with a useful message.
-    pub fn load_checked(&self, key: &str, expected: &[usize]) -> Result<Tensor> {
-        let found = self.shape(key).ok_or_else(|| LoadError::MissingTensor {
-            key: key.to_string(),
-            files: self.describe_files(),
-        })?;
-        if found != expected {
-            return Err(LoadError::ShapeMismatch {
-                key: key.to_string(),
-                file: self.file_of(key).map(Path::to_path_buf).unwrap_or_default(),
-                expected: expected.to_vec(),
-                found: found.to_vec(),
-            }
-            .into());
-        }
-        self.load(key)
     }
 }
 

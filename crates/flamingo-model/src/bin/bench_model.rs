@@ -159,7 +159,7 @@ fn precision_mode(dir: &std::path::Path) -> BoxResult<()> {
     use flamingo_model::linear::Quantization;
     let paths = ModelPaths::from_dir(dir)?;
     let tok = FlamingoTokenizer::from_file(&paths.tokenizer)?;
-    let spec = flamingo_model::flamingo::resolve_config(&paths, &LoadOptions::default())?.pixels;
+    let spec = flamingo_model::resolve_config(&paths, &LoadOptions::default())?.pixels;
     let prompt = tok.encode(
         "<image>Output:A red and green gradient.<|endofchunk|><image>Output:A checker board.<|endofchunk|><image>Output:",
     )?;
