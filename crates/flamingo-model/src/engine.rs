@@ -117,6 +117,8 @@ enum Decoding {
 struct Active {
     id: SeqId,
     prompt: Vec<u32>,
+    /// Prompt tokens already in the caches (a long prompt is prefilled in chunks).
+    fed: usize,
     prompt_media_time: Vec<u32>,
     num_images: usize,
     params: GenerationParams,
@@ -136,6 +138,19 @@ pub struct Engine {
     model: Arc<Flamingo>,
     active: Vec<Active>,
     next_id: SeqId,
+    /// Prompt tokens one step may prefill, over all sequences (0 = no limit).
+    prefill_chunk: usize,
+}
+
+/// What one sequence contributes to a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Waits for prefill budget; not in this forward.
+    Idle,
+    /// The next `n` prompt tokens, not the last ones: their logits are not used.
+    PromptChunk(usize),
+    /// The rest of the prompt (then the first token is chosen), or decoding.
+    Complete,
 }
 
 impl Engine {
@@ -144,7 +159,41 @@ impl Engine {
             model,
             active: Vec::new(),
             next_id: 1,
+            prefill_chunk: 0,
         }
+    }
+
+    /// Bounds the prompt tokens one step prefills (over all sequences; 0 = no bound). Long
+    /// prompts are then prefilled over several steps while decoding rows keep producing a token
+    /// every step, so one long prompt no longer stalls every stream in the batch. The result
+    /// of a sequence does not depend on the chunking.
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens;
+    }
+
+    /// What each active sequence feeds into the next step, in order.
+    fn plan(&self) -> Vec<Feed> {
+        let mut budget = if self.prefill_chunk == 0 {
+            usize::MAX
+        } else {
+            self.prefill_chunk
+        };
+        self.active
+            .iter()
+            .map(|a| {
+                if a.prefilled() {
+                    return Feed::Complete;
+                }
+                let rest = a.prompt.len() - a.fed;
+                let take = rest.min(budget);
+                budget -= take;
+                match take {
+                    0 => Feed::Idle,
+                    n if n == rest => Feed::Complete,
+                    n => Feed::PromptChunk(n),
+                }
+            })
+            .collect()
     }
 
     pub fn model(&self) -> &Arc<Flamingo> {
@@ -175,13 +224,22 @@ impl Engine {
     pub fn pending_tokens(&self) -> usize {
         self.active
             .iter()
-            .map(|a| {
-                if a.prefilled() {
-                    self.rows_of(a)
-                } else {
-                    a.prompt.len()
-                }
+            .zip(self.plan())
+            .map(|(a, feed)| match feed {
+                Feed::Idle => 0,
+                Feed::PromptChunk(n) => n,
+                Feed::Complete if a.prefilled() => self.rows_of(a),
+                Feed::Complete => a.prompt.len() - a.fed,
             })
+            .sum()
+    }
+
+    /// Prompt tokens not yet prefilled, over all sequences.
+    pub fn unprefilled_tokens(&self) -> usize {
+        self.active
+            .iter()
+            .filter(|a| !a.prefilled())
+            .map(|a| a.prompt.len() - a.fed)
             .sum()
     }
 
@@ -286,6 +344,7 @@ impl Engine {
             id,
             prompt_media_time: prompt_media_time(rule, &req.tokens, self.model.image_token_id()),
             prompt: req.tokens,
+            fed: 0,
             num_images,
             params: req.params,
             decoding,
@@ -311,9 +370,17 @@ impl Engine {
         }
         let rule = self.model.config().media_rule;
         let image_token = self.model.image_token_id();
+        let plan = self.plan();
         // Owned token/media-time lists first, so the packed inputs can borrow them.
         let mut feeds: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
-        for a in &self.active {
+        for (a, feed) in self.active.iter().zip(&plan) {
+            let prompt_part = |n: usize| {
+                let range = a.fed..a.fed + n;
+                (
+                    a.prompt[range.clone()].to_vec(),
+                    a.prompt_media_time[range].to_vec(),
+                )
+            };
             let last = |tokens: &[u32]| {
                 let t = *tokens.last().expect("prefilled sequences have tokens");
                 (
@@ -322,13 +389,20 @@ impl Engine {
                 )
             };
             match &a.decoding {
-                _ if !a.prefilled() => feeds.push((a.prompt.clone(), a.prompt_media_time.clone())),
+                _ if *feed == Feed::Idle => {}
+                _ if !a.prefilled() => feeds.push(prompt_part(match feed {
+                    Feed::PromptChunk(n) => *n,
+                    _ => a.prompt.len() - a.fed,
+                })),
                 Decoding::Single(s) => feeds.push(last(&s.generated)),
                 Decoding::Beam(b) => feeds.extend(b.rows.iter().map(|r| last(&r.tokens))),
             }
         }
         let mut states: Vec<&mut SequenceState> = Vec::with_capacity(feeds.len());
-        for a in self.active.iter_mut() {
+        for (a, feed) in self.active.iter_mut().zip(&plan) {
+            if *feed == Feed::Idle {
+                continue;
+            }
             match &mut a.decoding {
                 Decoding::Single(s) => states.push(&mut s.state),
                 Decoding::Beam(b) => match &mut b.prompt_state {
@@ -355,7 +429,17 @@ impl Engine {
         let mut events = Vec::new();
         let mut rows = logits.into_iter();
         let mut finished = Vec::new();
-        for a in self.active.iter_mut() {
+        for (a, feed) in self.active.iter_mut().zip(&plan) {
+            match *feed {
+                Feed::Idle => continue,
+                Feed::PromptChunk(n) => {
+                    // Mid-prompt: the caches grew; nothing to choose yet.
+                    rows.next().expect("one row per fed sequence");
+                    a.fed += n;
+                    continue;
+                }
+                Feed::Complete => a.fed = a.prompt.len(),
+            }
             let reason = match &mut a.decoding {
                 Decoding::Single(s) => {
                     let row = rows.next().expect("one row per sequence");
