@@ -90,7 +90,11 @@ fn chunked_prefill_is_bit_identical(dir: &Path) {
             let bits = |r: &Vec<GeneratedToken>| -> Vec<(u32, u32)> {
                 r.iter().map(|t| (t.id, t.logprob.to_bits())).collect()
             };
-            assert_eq!(bits(a), bits(b), "chunk {chunk}: tokens and logprobs differ");
+            assert_eq!(
+                bits(a),
+                bits(b),
+                "chunk {chunk}: tokens and logprobs differ"
+            );
         }
     }
 }
@@ -102,7 +106,10 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
     let all = rows(&f);
     let (short, short_images) = all.iter().min_by_key(|(t, _)| t.len()).unwrap().clone();
     let (long, long_images) = all.iter().max_by_key(|(t, _)| t.len()).unwrap().clone();
-    assert!(long.len() > 3 * chunk, "a prompt long enough to need chunks");
+    assert!(
+        long.len() > 3 * chunk,
+        "a prompt long enough to need chunks"
+    );
     let decoding = e
         .add(SequenceRequest {
             tokens: short,
@@ -111,7 +118,12 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
         })
         .unwrap();
     // Until the short one decodes.
-    while !e.step().unwrap().iter().any(|ev| matches!(ev, Event::Token { seq, .. } if *seq == decoding)) {}
+    while !e
+        .step()
+        .unwrap()
+        .iter()
+        .any(|ev| matches!(ev, Event::Token { seq, .. } if *seq == decoding))
+    {}
     let long_len = long.len();
     let late = e
         .add(SequenceRequest {
@@ -131,7 +143,10 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
         let short_token = events
             .iter()
             .any(|ev| matches!(ev, Event::Token { seq, .. } if *seq == decoding));
-        assert!(short_token, "the decoding row got its token on step {steps}");
+        assert!(
+            short_token,
+            "the decoding row got its token on step {steps}"
+        );
         if events
             .iter()
             .any(|ev| matches!(ev, Event::Token { seq, .. } if *seq == late))
@@ -139,7 +154,14 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
             break;
         }
     }
-    assert_eq!(steps, long_len.div_ceil(chunk), "the long prompt took its chunks, in order");
+    assert_eq!(
+        steps,
+        long_len.div_ceil(chunk),
+        "the long prompt took its chunks, in order"
+    );
 }
 
-per_fixture!(chunked_prefill_is_bit_identical, a_long_prefill_does_not_stall_decoding);
+per_fixture!(
+    chunked_prefill_is_bit_identical,
+    a_long_prefill_does_not_stall_decoding
+);

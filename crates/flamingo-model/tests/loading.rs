@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use flamingo_model::resolve_config;
 use flamingo_model::preprocess::PixelSpec;
+use flamingo_model::resolve_config;
 use flamingo_model::tokenizer::FlamingoTokenizer;
 use flamingo_model::{
     Flamingo, LoadError, LoadOptions, MediaRule, ModelError, ModelPaths, VisionWeights,

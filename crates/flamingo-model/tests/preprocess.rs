@@ -8,11 +8,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flamingo_model::resolve_config;
 use flamingo_model::preprocess::{
     decode, decode_source, normalize, preprocess, probe, resize_and_crop, resize_and_crop_with,
     ImageError, ImageLimits, PixelSpec, Resample, CLIP_MEAN, CLIP_STD, IMAGE_SIZE,
 };
+use flamingo_model::resolve_config;
 use flamingo_model::{LoadOptions, ModelPaths};
 use image::{DynamicImage, RgbImage};
 

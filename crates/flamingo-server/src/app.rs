@@ -29,7 +29,10 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 
 async fn require_api_key(State(s): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let keys = &s.cfg.server.api_keys;
-    if keys.is_empty() || req.method() == Method::OPTIONS || routes::is_public(req.method().as_str(), req.uri().path()) {
+    if keys.is_empty()
+        || req.method() == Method::OPTIONS
+        || routes::is_public(req.method().as_str(), req.uri().path())
+    {
         return next.run(req).await;
     }
     let given = req

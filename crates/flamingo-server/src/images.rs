@@ -120,7 +120,10 @@ pub fn load_all(payloads: &[String], cx: &ImageContext) -> Result<Vec<ImageInput
 
 /// Never seen by the client (it has gone); ends the work early.
 fn client_gone() -> ApiError {
-    ApiError::new(ErrorKind::InvalidRequest, "the client closed the connection")
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        "the client closed the connection",
+    )
 }
 
 /// Standard alphabet, padding optional (browsers and Python pad, some tools do not).

@@ -105,16 +105,17 @@ mod tests {
 
     #[test]
     fn respects_the_kv_budget_in_order() {
-        let kv = |kv_bytes| Waiting {
-            kv_bytes,
-            ..w(1)
-        };
+        let kv = |kv_bytes| Waiting { kv_bytes, ..w(1) };
         assert_eq!(admit(&[kv(600), kv(500), kv(1)], Running::default(), L), 1);
         let busy = Running {
             kv_bytes: 900,
             ..running(1, 1)
         };
-        assert_eq!(admit(&[kv(101)], busy, L), 0, "would overflow the KV budget");
+        assert_eq!(
+            admit(&[kv(101)], busy, L),
+            0,
+            "would overflow the KV budget"
+        );
         assert_eq!(admit(&[kv(100)], busy, L), 1);
         // Alone, a request always runs (validation refused any that cannot fit at all).
         assert_eq!(admit(&[kv(1000), kv(1)], Running::default(), L), 1);
