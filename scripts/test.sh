@@ -19,6 +19,10 @@ fi
 echo "== build"
 cargo build --release --workspace --bins
 
+echo "== format and lints (cargo fmt --check, clippy -D warnings on every target)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+
 echo "== cargo tests"
 cargo test --release --workspace
 

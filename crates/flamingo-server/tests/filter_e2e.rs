@@ -104,7 +104,11 @@ async fn censor_masks_the_word_everywhere() {
         let mut probe = req();
         probe["parameters"]["stop"] = json!(["fucking"]);
         let p = s.post("/generate", &probe).await;
-        assert_eq!(p.json["details"]["finish_reason"], "eos_token", "{}", p.text);
+        assert_eq!(
+            p.json["details"]["finish_reason"], "eos_token",
+            "{}",
+            p.text
+        );
 
         let mut sse = s.stream("/generate_stream", &req()).await;
         assert_eq!(sse.status, 200, "stream status");

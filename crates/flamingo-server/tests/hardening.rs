@@ -40,7 +40,11 @@ async fn a_megabyte_of_markdown_openers_is_refused_fast_and_health_keeps_answeri
                 }
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(worst < Duration::from_secs(2), "/health took {worst:?}");
     })
     .await
@@ -56,7 +60,11 @@ async fn a_huge_prompt_is_refused_by_size_before_tokenizing() {
         r.assert_error(422, "validation");
         assert!(r.text.contains("bytes"), "{}", r.text);
         // Before: 20 s and 3.3 GB to tokenize it first.
-        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await
 }
@@ -71,7 +79,10 @@ async fn a_repeated_image_is_decoded_once_and_a_cached_one_not_at_all() {
             "images": vec![img; 16],
             "parameters": {"max_new_tokens": 1},
         });
-        let before = s.metric("flamingo_images_decoded_total").await.unwrap_or(0.0);
+        let before = s
+            .metric("flamingo_images_decoded_total")
+            .await
+            .unwrap_or(0.0);
         let r = s.post("/generate", &body).await;
         assert_eq!(r.status, 200, "{}", r.text);
         let after_first = s.metric("flamingo_images_decoded_total").await.unwrap();
@@ -79,7 +90,10 @@ async fn a_repeated_image_is_decoded_once_and_a_cached_one_not_at_all() {
         let r = s.post("/generate", &body).await;
         assert_eq!(r.status, 200, "{}", r.text);
         let after_second = s.metric("flamingo_images_decoded_total").await.unwrap();
-        assert_eq!(after_second, after_first, "features cached: no decode at all");
+        assert_eq!(
+            after_second, after_first,
+            "features cached: no decode at all"
+        );
     })
     .await
 }
@@ -98,13 +112,16 @@ async fn slow_clients_are_timed_out_and_capped() {
         let mut held = Vec::new();
         for _ in 0..8 {
             let mut c = TcpStream::connect(&addr).unwrap();
-            c.write_all(b"POST /generate HTTP/1.1\r\nHost: x\r\n").unwrap();
+            c.write_all(b"POST /generate HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
             held.push(c);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         // The ninth is over the cap: answered 503 and closed.
         let mut extra = TcpStream::connect(&addr).unwrap();
-        extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut answer = String::new();
         let _ = extra.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
@@ -115,9 +132,18 @@ async fn slow_clients_are_timed_out_and_capped() {
             let mut buf = Vec::new();
             let _ = c.read_to_end(&mut buf);
         }
-        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(s.get("/health").await.status, 200);
-        assert!(s.metric("flamingo_connections_refused_total").await.unwrap_or(0.0) >= 1.0);
+        assert!(
+            s.metric("flamingo_connections_refused_total")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        );
     })
     .await
 }
@@ -153,7 +179,10 @@ async fn the_pre_stop_window_says_not_ready_but_still_serves() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.get("/ready").await.assert_error(503, "unavailable");
         let r = s
-            .post("/generate", &json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
+            .post(
+                "/generate",
+                &json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
+            )
             .await;
         assert_eq!(r.status, 200, "still serving in the window: {}", r.text);
         let status = s.wait_exit(Duration::from_secs(20)).await.expect("exits");
@@ -240,26 +269,42 @@ async fn hygiene_of_ids_errors_and_parameters() {
         let key = |r: reqwest::RequestBuilder| r.header("authorization", "Bearer k1");
         let valid = regex_like_request_id;
         // A hostile request id is replaced; a sane one is echoed.
-        for (sent, echoed) in [("a".repeat(300), false), ("a b".into(), false), ("req-1.A_b".into(), true)] {
-            let r = s.post_with(key(s.client.get(s.url("/info"))).header("x-request-id", &sent)).await;
+        for (sent, echoed) in [
+            ("a".repeat(300), false),
+            ("a b".into(), false),
+            ("req-1.A_b".into(), true),
+        ] {
+            let r = s
+                .post_with(key(s.client.get(s.url("/info"))).header("x-request-id", &sent))
+                .await;
             let got = r.header("x-request-id").unwrap_or_default().to_string();
             assert!(valid(&got), "{got:?}");
             assert_eq!(got == sent, echoed, "{sent:?} -> {got:?}");
         }
         // Echoed input is capped.
         let huge_role = json!({"messages": [{"role": "x".repeat(1_000_000), "content": "hi"}]});
-        let r = s.post_with(key(s.client.post(s.url("/v1/chat/completions"))).json(&huge_role)).await;
-        assert!(r.status.is_client_error() && r.text.len() < 4096, "{} bytes", r.text.len());
+        let r = s
+            .post_with(key(s.client.post(s.url("/v1/chat/completions"))).json(&huge_role))
+            .await;
+        assert!(
+            r.status.is_client_error() && r.text.len() < 4096,
+            "{} bytes",
+            r.text.len()
+        );
         // /v1 names OpenAI's fields.
         let r = s
-            .post_with(key(s.client.post(s.url("/v1/chat/completions"))).json(&json!({
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000})))
+            .post_with(
+                key(s.client.post(s.url("/v1/chat/completions"))).json(&json!({
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000})),
+            )
             .await;
         r.assert_openai_error(422, "validation");
         assert_eq!(r.json["error"]["param"], "max_tokens", "{}", r.text);
         assert!(!r.text.contains("max_new_tokens"), "{}", r.text);
         // /v1 401s keep WWW-Authenticate.
-        let r = s.post("/v1/chat/completions", &json!({"messages": []})).await;
+        let r = s
+            .post("/v1/chat/completions", &json!({"messages": []}))
+            .await;
         r.assert_openai_error(401, "unauthorized");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
         // Out-of-range values the spec refuses.
@@ -269,7 +314,10 @@ async fn hygiene_of_ids_errors_and_parameters() {
             json!({"repetition_penalty": 1e-40}),
         ] {
             let r = s
-                .post_with(key(s.client.post(s.url("/generate"))).json(&json!({"inputs": "x", "parameters": params})))
+                .post_with(
+                    key(s.client.post(s.url("/generate")))
+                        .json(&json!({"inputs": "x", "parameters": params})),
+                )
                 .await;
             r.assert_error(422, "validation");
         }
@@ -279,7 +327,8 @@ async fn hygiene_of_ids_errors_and_parameters() {
 
 fn regex_like_request_id(v: &str) -> bool {
     (1..=128).contains(&v.len())
-        && v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 #[test]
