@@ -61,6 +61,20 @@ impl FlamingoTokenizer {
             .to_vec())
     }
 
+    /// Token ids of a text with each token's byte range in it (`(0, 0)` for added `<s>`).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<(u32, (usize, usize))>> {
+        let e = self.inner.encode(text, add_special_tokens).map_err(err)?;
+        Ok(e.get_ids()
+            .iter()
+            .copied()
+            .zip(e.get_offsets().iter().copied())
+            .collect())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(err)
     }

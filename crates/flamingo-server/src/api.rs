@@ -122,7 +122,11 @@ pub struct GenerateRequest {
     pub query: Option<Query>,
 }
 
+/// OpenAI's chat request: every field of OpenAI's API is known (the ones this server cannot
+/// honour are accepted with their neutral values only, see `routes::chat`); an unknown field is
+/// refused (422 naming it), as OpenAI's API does.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
@@ -146,11 +150,80 @@ pub struct ChatRequest {
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// vLLM's: ids that end generation instead of the defaults.
+    pub stop_token_ids: Option<Vec<u32>>,
+    // OpenAI fields with only a neutral value here (checked in `routes::chat`).
+    pub audio: Option<serde_json::Value>,
+    pub modalities: Option<serde_json::Value>,
+    pub prediction: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub service_tier: Option<String>,
+    pub store: Option<bool>,
+    pub metadata: Option<serde_json::Value>,
+    pub reasoning_effort: Option<String>,
+    pub web_search_options: Option<serde_json::Value>,
+    pub verbosity: Option<String>,
+    pub prompt_cache_key: Option<String>,
+    pub safety_identifier: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
+    /// OpenAI's stream padding; nothing is padded here, so it is ignored.
+    pub include_obfuscation: Option<bool>,
+}
+
+/// OpenAI's legacy `POST /v1/completions`. `prompt` is one text (images inline as TGI markdown
+/// `![](data:...)`); unknown fields are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: PromptField,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub repetition_penalty: Option<f32>,
+    pub n: Option<u32>,
+    pub stop: Option<StopField>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub seed: Option<u64>,
+    /// Legacy log-probabilities: this many alternatives per token (0..=5, OpenAI's range).
+    pub logprobs: Option<u32>,
+    pub echo: Option<bool>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub suffix: Option<String>,
+    pub best_of: Option<u32>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub user: Option<String>,
+}
+
+/// A completion prompt: one text, or a list holding exactly one text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// TGI's `POST /tokenize`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub inputs: String,
+    /// Sent by TGI clients (`parameters` of a generate request); ignored.
+    pub parameters: Option<serde_json::Value>,
+    /// Whether `<s>` is added at the start (default true, as generation does).
+    pub add_special_tokens: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,8 +264,17 @@ pub enum ChatPart {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageUrl {
     pub url: String,
     /// OpenAI's `low`/`high`/`auto`; every image is 224x224 for this model, so it is ignored.
-    pub detail: Option<String>,
+    pub detail: Option<Detail>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detail {
+    Low,
+    High,
+    Auto,
 }

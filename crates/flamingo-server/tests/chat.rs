@@ -177,8 +177,9 @@ async fn chat_errors_use_the_openai_shape() {
         r.assert_openai_error(422, "validation");
         let r = s.post("/v1/chat/completions", &json!({"messages": [{"role": "tool", "content": "x"}], "max_tokens": 4})).await;
         r.assert_openai_error(422, "validation");
-        let r = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "n": 2})).await;
+        let r = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "n": 17})).await;
         r.assert_openai_error(422, "validation");
+        assert_eq!(r.json["error"]["param"], "n");
         let r = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "top_p": 3})).await;
         r.assert_openai_error(422, "validation");
         // Streaming requests fail before the stream starts, as JSON.

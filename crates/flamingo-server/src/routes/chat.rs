@@ -2,47 +2,64 @@
 //! described in `prompt.rs`; sampling follows OpenAI's names, greedy unless `temperature` or
 //! `top_p` asks for sampling (a captioning model is mostly used greedily, and greedy is
 //! reproducible); `max_tokens` defaults to the configured default, clamped to the context left.
+//! `n` choices are independent generations (`routes::openai`); `logprobs`/`top_logprobs` come
+//! from the output gate's tokens and their alternatives.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::api::{ChatRequest, Parameters};
 use crate::error::ApiError;
-use crate::pipeline::{self, RequestId};
+use crate::pipeline::RequestId;
 use crate::prompt::render_chat;
 use crate::routes::generate::timing_headers;
-use crate::session::{Final, TokenOut};
+use crate::routes::openai::{self, refuse, Sampling};
 use crate::sse;
 use crate::state::AppState;
 
-fn params(req: &ChatRequest) -> Result<Parameters, ApiError> {
-    let refuse =
-        |name: &str, why: &str| Err(ApiError::validation(format!("`{name}` {why}")).param(name));
-    if req.n.is_some_and(|n| n != 1) {
-        return refuse("n", "must be 1: one choice per request");
-    }
-    if req.presence_penalty.is_some_and(|p| p != 0.0) {
-        return refuse(
-            "presence_penalty",
-            "is not supported; use repetition_penalty",
-        );
-    }
-    if req.top_logprobs.is_some_and(|n| n > 0) {
-        return refuse("top_logprobs", "is not supported");
-    }
-    if req.tools.as_ref().is_some_and(|t| !t.is_null())
+const ROUTE: &str = "/v1/chat/completions";
+
+/// A field that is neither absent nor null.
+fn set(v: &Option<Value>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_null())
+}
+
+/// OpenAI's fields this server cannot honour are accepted with their neutral values only.
+fn check_neutral(req: &ChatRequest) -> Result<(), ApiError> {
+    let no_tools = req
+        .tools
+        .as_ref()
+        .is_none_or(|t| t.is_null() || t.as_array().is_some_and(|a| a.is_empty()));
+    if !no_tools
         || req
             .tool_choice
             .as_ref()
             .is_some_and(|t| !t.is_null() && t != "none")
     {
         return refuse("tools", "are not supported by this model");
+    }
+    if req
+        .functions
+        .as_ref()
+        .is_some_and(|f| !(f.is_null() || f.as_array().is_some_and(|a| a.is_empty())))
+    {
+        return refuse("functions", "are not supported by this model");
+    }
+    if req
+        .function_call
+        .as_ref()
+        .is_some_and(|f| !(f.is_null() || f == "none"))
+    {
+        return refuse(
+            "function_call",
+            "is not supported by this model (only \"none\")",
+        );
     }
     if let Some(f) = &req.response_format {
         if !(f.is_null() || f["type"] == "text") {
@@ -52,55 +69,76 @@ fn params(req: &ChatRequest) -> Result<Parameters, ApiError> {
             );
         }
     }
-    let temperature = req.temperature;
-    let greedy = temperature == Some(0.0);
-    if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-        return refuse("temperature", "must be between 0 and 2");
+    if set(&req.audio) {
+        return refuse("audio", "is not supported: this model answers in text");
     }
-    Ok(Parameters {
-        max_new_tokens: req.max_completion_tokens.or(req.max_tokens),
-        do_sample: Some(!greedy && (temperature.is_some() || req.top_p.is_some_and(|p| p < 1.0))),
-        temperature: temperature.filter(|_| !greedy),
-        top_p: req.top_p.filter(|_| !greedy),
-        top_k: req.top_k.filter(|_| !greedy),
+    if req
+        .modalities
+        .as_ref()
+        .is_some_and(|m| !(m.is_null() || *m == json!(["text"])))
+    {
+        return refuse("modalities", "must be [\"text\"]");
+    }
+    if set(&req.prediction) {
+        return refuse("prediction", "(predicted outputs) is not supported");
+    }
+    if req
+        .service_tier
+        .as_deref()
+        .is_some_and(|t| !["auto", "default"].contains(&t))
+    {
+        return refuse("service_tier", "must be \"auto\" or \"default\"");
+    }
+    if req.store == Some(true) {
+        return refuse("store", "is not supported: completions are not stored");
+    }
+    if req.reasoning_effort.is_some() {
+        return refuse(
+            "reasoning_effort",
+            "is not supported: this is not a reasoning model",
+        );
+    }
+    if set(&req.web_search_options) {
+        return refuse("web_search_options", "is not supported");
+    }
+    if req.verbosity.as_deref().is_some_and(|v| v != "medium") {
+        return refuse(
+            "verbosity",
+            "must be \"medium\" (the only level this model has)",
+        );
+    }
+    if req
+        .metadata
+        .as_ref()
+        .is_some_and(|m| !(m.is_null() || m.is_object()))
+    {
+        return refuse("metadata", "must be an object");
+    }
+    Ok(())
+}
+
+fn params(req: &ChatRequest) -> Result<(Parameters, u32), ApiError> {
+    check_neutral(req)?;
+    let want_logprobs = req.logprobs.unwrap_or(false);
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > 0 && !want_logprobs {
+        return refuse("top_logprobs", "needs `logprobs: true`");
+    }
+    openai::params(&Sampling {
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
         repetition_penalty: req.repetition_penalty,
         seed: req.seed,
-        stop: req.stop.clone().map(|s| s.into_vec()),
+        stop: req.stop.as_ref(),
+        stop_token_ids: req.stop_token_ids.as_ref(),
         frequency_penalty: req.frequency_penalty,
-        ..Default::default()
+        presence_penalty: req.presence_penalty,
+        logit_bias: req.logit_bias.as_ref(),
+        n: req.n,
+        top_n: if want_logprobs { top } else { 0 },
     })
-}
-
-/// Validation speaks TGI's names (`max_new_tokens`, `inputs`); a `/v1` client sent OpenAI's.
-fn openai_names(mut e: ApiError) -> ApiError {
-    e.param = e.param.map(|p| match p.as_str() {
-        "max_new_tokens" => "max_tokens".to_string(),
-        "inputs" | "images" => "messages".to_string(),
-        _ => p,
-    });
-    e.message = e
-        .message
-        .replace("`inputs`", "`messages`")
-        .replace("max_new_tokens", "max_tokens")
-        .replace("limits.max_tokens", "limits.max_new_tokens");
-    e
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn logprobs(tokens: &[TokenOut]) -> Value {
-    json!({"content": tokens.iter().map(|t| json!({
-        "token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes(), "top_logprobs": [],
-    })).collect::<Vec<_>>()})
-}
-
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
 pub async fn chat_completions(
@@ -108,37 +146,47 @@ pub async fn chat_completions(
     id: RequestId,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(mut req) = body?;
-    let p = params(&req)?;
-    let messages = std::mem::take(&mut req.messages);
-    let mut g = pipeline::start(&s, &id.0, move || render_chat(&messages), &p)
-        .await
-        .map_err(openai_names)?;
+    let Json(mut req) = body.map_err(|e| openai::body_error(e.into()))?;
+    let (p, n) = params(&req)?;
+    let messages = std::sync::Arc::new(std::mem::take(&mut req.messages));
+    let render = move || render_chat(&messages);
+    let mut gens = openai::start_choices(&s, &id.0, render, &p, n, "messages").await?;
     let completion_id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = s.cfg.model.id.clone();
-    let created = now_unix();
-    let prompt_tokens = g.prompt_tokens.len();
+    let created = openai::now_unix();
+    let prompt_tokens = gens[0].prompt_tokens.len();
     let want_logprobs = req.logprobs.unwrap_or(false);
+    let logprobs = move |tokens: &[crate::session::TokenOut]| {
+        if want_logprobs {
+            json!({"content": openai::chat_logprobs(tokens)})
+        } else {
+            Value::Null
+        }
+    };
     if !req.stream.unwrap_or(false) {
-        let f: Final = g
-            .collect()
-            .await
-            .inspect_err(|e| g.log_failed("/v1/chat/completions", e))?;
-        g.log_finished("/v1/chat/completions", &f);
+        let finals = openai::collect_all(&mut gens, ROUTE).await?;
+        let choices: Vec<Value> = finals
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": f.generated_text},
+                    "finish_reason": f.finish_reason.openai(),
+                    "logprobs": logprobs(&f.tokens),
+                })
+            })
+            .collect();
+        let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
         let body = json!({
             "id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": f.generated_text},
-                "finish_reason": f.finish_reason.openai(),
-                "logprobs": if want_logprobs { logprobs(&f.tokens) } else { Value::Null },
-            }],
-            "usage": usage(prompt_tokens, f.generated_tokens),
-            "filtered": f.filtered,
+            "choices": choices,
+            "usage": openai::usage(prompt_tokens, completion),
+            "filtered": finals.iter().any(|f| f.filtered),
         });
         let mut response = Json(body).into_response();
-        timing_headers(&mut response, &g);
+        timing_headers(&mut response, &gens[0]);
         return Ok(response);
     }
     let include_usage = req
@@ -146,48 +194,62 @@ pub async fn chat_completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let affinity = g.affinity.clone();
+    let affinity = gens[0].affinity.clone();
+    let choices = gens.len();
+    let mut steps = openai::merged(gens, ROUTE);
     let stream = async_stream::stream! {
-        let chunk = |delta: Value, reason: Option<&str>, lp: Value| json!({
-            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": lp}],
-        });
-        yield Ok::<_, Infallible>(sse::json(&chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)));
-        while let Some(step) = g.session.next().await {
+        let chunk = |index: usize, delta: Value, reason: Option<&str>, lp: Value| {
+            let mut c = json!({
+                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": null,
+                "choices": [{"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        for index in 0..choices {
+            yield Ok::<_, Infallible>(sse::json(&chunk(index, json!({"role": "assistant", "content": ""}), None, Value::Null)));
+        }
+        let (mut finished, mut completion, mut filtered) = (0, 0, false);
+        while let Some((index, step)) = steps.next().await {
             let step = match step {
                 Ok(step) => step,
                 Err(e) => {
-                    g.log_failed("/v1/chat/completions", &e);
                     yield Ok(sse::error(&e, true));
                     break;
                 }
             };
-            for t in step.tokens.iter().filter(|t| !t.text.is_empty()) {
-                let lp = if want_logprobs { logprobs(std::slice::from_ref(t)) } else { Value::Null };
-                yield Ok(sse::json(&chunk(json!({"content": t.text}), None, lp)));
+            // One chunk per release: its text, and (when asked) the log-probabilities of every
+            // token in it (a token may carry no text of its own; its text left with a later one).
+            let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
+            if !text.is_empty() || (want_logprobs && openai::text_tokens(&step.tokens).next().is_some()) {
+                yield Ok(sse::json(&chunk(index, json!({"content": text}), None, logprobs(&step.tokens))));
             }
             if let Some(f) = step.end {
-                g.log_finished("/v1/chat/completions", &f);
-                let mut last = chunk(json!({}), Some(f.finish_reason.openai()), Value::Null);
+                let mut last = chunk(index, json!({}), Some(f.finish_reason.openai()), Value::Null);
                 last["filtered"] = json!(f.filtered);
                 yield Ok(sse::json(&last));
-                if include_usage {
-                    let mut u = chunk(json!({}), None, Value::Null);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage(prompt_tokens, f.generated_tokens);
-                    yield Ok(sse::json(&u));
+                finished += 1;
+                completion += f.generated_tokens;
+                filtered |= f.filtered;
+                if finished == choices {
+                    if include_usage {
+                        let mut u = chunk(0, json!({}), None, Value::Null);
+                        u["choices"] = json!([]);
+                        u["usage"] = openai::usage(prompt_tokens, completion);
+                        u["filtered"] = json!(filtered);
+                        yield Ok(sse::json(&u));
+                    }
+                    break;
                 }
-                break;
             }
         }
+        // Also after an error event, as before: clients wait for it.
         yield Ok(axum::response::sse::Event::default().data("[DONE]"));
     };
     let mut response = sse::response(stream);
-    if let Some(v) = affinity.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
-        response
-            .headers_mut()
-            .insert(crate::affinity::RESPONSE_HEADER, v);
-    }
+    openai::set_affinity(&mut response, affinity);
     Ok(response)
 }

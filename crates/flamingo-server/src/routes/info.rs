@@ -68,6 +68,34 @@ pub async fn info(State(s): State<AppState>) -> Json<Value> {
         "max_body_bytes": cfg.server.max_body_bytes,
         "request_timeout_s": cfg.server.request_timeout_s,
     });
+    // The fields TGI's `/info` has, under TGI's names, for its clients (`text-generation`,
+    // `huggingface_hub`, routers and dashboards that read them).
+    let max_total = v["max_positions"]
+        .as_u64()
+        .unwrap_or((l.max_input_tokens + l.max_new_tokens) as u64);
+    v["model_sha"] = Value::Null;
+    v["model_dtype"] = v["dtype"].clone();
+    v["model_device_type"] = v["device"].clone();
+    v["model_pipeline_tag"] = json!("image-text-to-text");
+    v["max_concurrent_requests"] = json!(l.max_queue);
+    v["max_best_of"] = json!(1);
+    v["max_stop_sequences"] = json!(l.max_stop_sequences);
+    v["max_input_tokens"] = json!(l.max_input_tokens);
+    v["max_input_length"] = json!(l.max_input_tokens);
+    v["max_total_tokens"] = json!(max_total);
+    v["max_batch_total_tokens"] = json!(l.max_batch_tokens);
+    v["max_batch_size"] = json!(l.max_batch_size);
+    v["max_client_batch_size"] = json!(1);
+    v["max_top_n_tokens"] = json!(crate::validation::MAX_TOP_N_TOKENS);
+    v["waiting_served_ratio"] = json!(0.0);
+    v["max_waiting_tokens"] = json!(0);
+    v["validation_workers"] = json!(match l.preprocess_slots {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    });
+    v["router"] = json!("flamingo-serve");
+    v["sha"] = Value::Null;
+    v["docker_label"] = Value::Null;
     v["filter"] = json!(cfg.filter);
     v["auth"] = json!(!cfg.server.api_keys.is_empty());
     v["test_hooks"] = json!(s.hooks.any());

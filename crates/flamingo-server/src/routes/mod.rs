@@ -4,8 +4,11 @@
 pub mod assets;
 pub mod chat;
 pub mod compat;
+pub mod completions;
 pub mod generate;
 pub mod info;
+pub mod openai;
+pub mod tokenize;
 
 use axum::http::Uri;
 use axum::routing::{get, post, MethodRouter};
@@ -37,7 +40,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/generate", false),
     route("POST", "/generate_stream", false),
     route("POST", "/v1/chat/completions", false),
+    route("POST", "/v1/completions", false),
     route("GET", "/v1/models", false),
+    route("POST", "/tokenize", false),
     route("GET", "/health", true),
     route("GET", "/ready", true),
     route("GET", "/info", true),
@@ -53,6 +58,8 @@ fn handler(r: &Route) -> MethodRouter<AppState> {
         ("POST", "/generate") => post(generate::generate),
         ("POST", "/generate_stream") => post(generate::generate_stream),
         ("POST", "/v1/chat/completions") => post(chat::chat_completions),
+        ("POST", "/v1/completions") => post(completions::completions),
+        ("POST", "/tokenize") => post(tokenize::tokenize),
         ("GET", "/v1/models") => get(info::models),
         ("GET", "/health") => get(info::health),
         ("GET", "/ready") => get(info::ready),

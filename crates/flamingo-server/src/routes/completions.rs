@@ -1,0 +1,205 @@
+//! `POST /v1/completions` (OpenAI's legacy completions). `prompt` is one text in this server's
+//! prompt format (`<image>`, `<|endofchunk|>`) with its images inline as TGI markdown
+//! `![](data:image/png;base64,...)`, exactly like `/generate`'s `inputs`. Sampling, `n`, `stop`,
+//! `seed` and streaming work as on `/v1/chat/completions` (`routes::openai`); `logprobs: k` gives
+//! the legacy shape with `k` alternatives per token (from the output gate). `suffix` is refused
+//! (no fill-in-the-middle), `echo` with `logprobs` too (prompt log-probabilities are not computed).
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::api::{CompletionRequest, GenerateRequest, Parameters, PromptField};
+use crate::error::ApiError;
+use crate::pipeline::RequestId;
+use crate::prompt::render_generate;
+use crate::routes::generate::timing_headers;
+use crate::routes::openai::{self, refuse, Sampling};
+use crate::session::TokenOut;
+use crate::sse;
+use crate::state::AppState;
+
+const ROUTE: &str = "/v1/completions";
+
+/// OpenAI's legacy range for `logprobs`.
+pub const MAX_LOGPROBS: u32 = 5;
+
+fn prompt_text(p: &PromptField) -> Result<String, ApiError> {
+    match p {
+        PromptField::One(s) => Ok(s.clone()),
+        PromptField::Many(v) if v.len() == 1 => Ok(v[0].clone()),
+        PromptField::Many(_) => refuse(
+            "prompt",
+            "must be one text (a list of several prompts is not supported; send one request each)",
+        ),
+    }
+}
+
+fn params(req: &CompletionRequest) -> Result<(Parameters, u32), ApiError> {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return refuse("suffix", "is not supported (no fill-in-the-middle)");
+    }
+    let logprobs = req.logprobs;
+    if logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
+        return refuse("logprobs", &format!("must be between 0 and {MAX_LOGPROBS}"));
+    }
+    if logprobs.is_some() && req.echo == Some(true) {
+        return refuse(
+            "echo",
+            "cannot be combined with `logprobs`: prompt log-probabilities are not computed",
+        );
+    }
+    let n = req.n.unwrap_or(1);
+    if req.best_of.is_some_and(|b| b != n) {
+        return refuse(
+            "best_of",
+            "is not supported except equal to `n` (every choice is returned)",
+        );
+    }
+    openai::params(&Sampling {
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed,
+        stop: req.stop.as_ref(),
+        stop_token_ids: req.stop_token_ids.as_ref(),
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+        logit_bias: req.logit_bias.as_ref(),
+        n: req.n,
+        top_n: logprobs.unwrap_or(0),
+    })
+}
+
+pub async fn completions(
+    State(s): State<AppState>,
+    id: RequestId,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| openai::body_error(e.into()))?;
+    let (p, n) = params(&req)?;
+    let prompt = prompt_text(&req.prompt)?;
+    let inputs = std::sync::Arc::new(prompt.clone());
+    let render = move || {
+        render_generate(&GenerateRequest {
+            inputs: Some(inputs.to_string()),
+            ..Default::default()
+        })
+    };
+    let mut gens = openai::start_choices(&s, &id.0, render, &p, n, "prompt").await?;
+    let completion_id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let model = s.cfg.model.id.clone();
+    let created = openai::now_unix();
+    let prompt_tokens = gens[0].prompt_tokens.len();
+    let want_logprobs = req.logprobs.is_some();
+    let echo = if req.echo == Some(true) {
+        prompt
+    } else {
+        String::new()
+    };
+    let logprobs = move |tokens: &[TokenOut], offset: usize| {
+        if want_logprobs {
+            openai::legacy_logprobs(tokens, offset)
+        } else {
+            Value::Null
+        }
+    };
+    if !req.stream.unwrap_or(false) {
+        let finals = openai::collect_all(&mut gens, ROUTE).await?;
+        let choices: Vec<Value> = finals
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                json!({
+                    "index": i,
+                    "text": format!("{echo}{}", f.generated_text),
+                    "finish_reason": f.finish_reason.openai(),
+                    "logprobs": logprobs(&f.tokens, echo.len()),
+                })
+            })
+            .collect();
+        let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
+        let body = json!({
+            "id": completion_id, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": openai::usage(prompt_tokens, completion),
+            "filtered": finals.iter().any(|f| f.filtered),
+        });
+        let mut response = Json(body).into_response();
+        timing_headers(&mut response, &gens[0]);
+        return Ok(response);
+    }
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let affinity = gens[0].affinity.clone();
+    let choices = gens.len();
+    let mut steps = openai::merged(gens, ROUTE);
+    let stream = async_stream::stream! {
+        let chunk = |index: usize, text: &str, reason: Option<&str>, lp: Value| {
+            let mut c = json!({
+                "id": completion_id, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": null,
+                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": lp}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        // Text sent per choice so far (legacy `text_offset` counts from the echoed prompt).
+        let mut sent = vec![echo.len(); choices];
+        if !echo.is_empty() {
+            for index in 0..choices {
+                yield Ok::<_, Infallible>(sse::json(&chunk(index, &echo, None, Value::Null)));
+            }
+        }
+        let (mut finished, mut completion, mut filtered) = (0, 0, false);
+        while let Some((index, step)) = steps.next().await {
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    yield Ok(sse::error(&e, true));
+                    break;
+                }
+            };
+            let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
+            if !text.is_empty() || (want_logprobs && openai::text_tokens(&step.tokens).next().is_some()) {
+                yield Ok(sse::json(&chunk(index, &text, None, logprobs(&step.tokens, sent[index]))));
+                sent[index] += text.len();
+            }
+            if let Some(f) = step.end {
+                let mut last = chunk(index, "", Some(f.finish_reason.openai()), Value::Null);
+                last["filtered"] = json!(f.filtered);
+                yield Ok(sse::json(&last));
+                finished += 1;
+                completion += f.generated_tokens;
+                filtered |= f.filtered;
+                if finished == choices {
+                    if include_usage {
+                        let mut u = chunk(0, "", None, Value::Null);
+                        u["choices"] = json!([]);
+                        u["usage"] = openai::usage(prompt_tokens, completion);
+                        u["filtered"] = json!(filtered);
+                        yield Ok(sse::json(&u));
+                    }
+                    break;
+                }
+            }
+        }
+        yield Ok(axum::response::sse::Event::default().data("[DONE]"));
+    };
+    let mut response = sse::response(stream);
+    openai::set_affinity(&mut response, affinity);
+    Ok(response)
+}

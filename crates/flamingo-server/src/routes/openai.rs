@@ -1,0 +1,239 @@
+//! What the OpenAI routes (`/v1/chat/completions`, `/v1/completions`) share: sampling fields in
+//! OpenAI's names, refusals of what this server cannot honour (a 422 naming the field), `n`
+//! choices as independent generations with distinct seeds, their merged stream, and usage.
+//!
+//! Every token, text and alternative serialised here comes from the output gate (`output.rs`)
+//! through [`Step`]/[`Final`]: these routes apply no filter decisions of their own.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use serde_json::{json, Value};
+
+use crate::api::{Parameters, StopField};
+use crate::error::ApiError;
+use crate::pipeline::{self, Generation};
+use crate::prompt::Rendered;
+use crate::session::{Final, Step, TokenOut};
+use crate::state::AppState;
+use crate::validation::MAX_TOP_N_TOKENS;
+
+/// Most choices (`n`) one request may ask for: each is a sequence in the batch.
+pub const MAX_CHOICES: u32 = 16;
+
+pub fn refuse<T>(name: &str, why: &str) -> Result<T, ApiError> {
+    Err(ApiError::validation(format!("`{name}` {why}")).param(name))
+}
+
+/// The sampling fields both OpenAI routes share.
+pub struct Sampling<'a> {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<&'a StopField>,
+    pub stop_token_ids: Option<&'a Vec<u32>>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub logit_bias: Option<&'a Value>,
+    pub n: Option<u32>,
+    /// Alternatives per token.
+    pub top_n: u32,
+}
+
+/// OpenAI's sampling rules onto the generation parameters: greedy unless `temperature` (> 0) or
+/// `top_p` (< 1) asks for sampling; `temperature: 0` is greedy. Returns the parameters and `n`.
+pub fn params(s: &Sampling) -> Result<(Parameters, u32), ApiError> {
+    let n = s.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return refuse("n", &format!("must be between 1 and {MAX_CHOICES}"));
+    }
+    if s.presence_penalty.is_some_and(|p| p != 0.0) {
+        return refuse(
+            "presence_penalty",
+            "is not supported; use repetition_penalty",
+        );
+    }
+    if s.logit_bias
+        .is_some_and(|b| !(b.is_null() || b.as_object().is_some_and(|m| m.is_empty())))
+    {
+        return refuse("logit_bias", "is not supported (only `{}` or null)");
+    }
+    if s.top_n > MAX_TOP_N_TOKENS {
+        return refuse(
+            "top_logprobs",
+            &format!("must be between 0 and {MAX_TOP_N_TOKENS}"),
+        );
+    }
+    let temperature = s.temperature;
+    if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return refuse("temperature", "must be between 0 and 2");
+    }
+    let greedy = temperature == Some(0.0);
+    let p = Parameters {
+        max_new_tokens: s.max_tokens,
+        do_sample: Some(!greedy && (temperature.is_some() || s.top_p.is_some_and(|p| p < 1.0))),
+        temperature: temperature.filter(|_| !greedy),
+        top_p: s.top_p.filter(|_| !greedy),
+        top_k: s.top_k.filter(|_| !greedy),
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        stop: s.stop.cloned().map(StopField::into_vec),
+        stop_token_ids: s.stop_token_ids.cloned(),
+        frequency_penalty: s.frequency_penalty,
+        top_n_tokens: Some(s.top_n),
+        ..Default::default()
+    };
+    Ok((p, n))
+}
+
+/// Validation speaks TGI's names (`max_new_tokens`, `inputs`); a `/v1` client sent OpenAI's.
+pub fn openai_names(mut e: ApiError, inputs: &str) -> ApiError {
+    e.param = e.param.map(|p| match p.as_str() {
+        "max_new_tokens" => "max_tokens".to_string(),
+        "top_n_tokens" => "top_logprobs".to_string(),
+        "inputs" | "images" => inputs.to_string(),
+        _ => p,
+    });
+    e.message = e
+        .message
+        .replace("`inputs`", &format!("`{inputs}`"))
+        .replace("max_new_tokens", "max_tokens")
+        .replace("top_n_tokens", "top_logprobs")
+        .replace("limits.max_tokens", "limits.max_new_tokens");
+    e
+}
+
+/// A body serde refused: name the unknown field (`param`), as OpenAI's API does.
+pub fn body_error(e: ApiError) -> ApiError {
+    let field = e
+        .message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_string);
+    match field {
+        Some(f) if e.param.is_none() => e.param(f),
+        _ => e,
+    }
+}
+
+/// Starts `n` independent generations of the same prompt. With a seed, choice `i` samples with
+/// `seed + i`; without one each draws its own random seed. Greedy choices are identical.
+pub async fn start_choices<R>(
+    s: &AppState,
+    request_id: &str,
+    render: R,
+    p: &Parameters,
+    n: u32,
+    inputs: &str,
+) -> Result<Vec<Generation>, ApiError>
+where
+    R: Fn() -> Result<Rendered, ApiError> + Clone + Send + 'static,
+{
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut p = p.clone();
+        p.seed = p.seed.map(|seed| seed.wrapping_add(u64::from(i)));
+        let g = pipeline::start(s, request_id, render.clone(), &p)
+            .await
+            .map_err(|e| openai_names(e, inputs))?;
+        out.push(g);
+    }
+    Ok(out)
+}
+
+/// Runs every choice to its end (non-streaming answers), logging each.
+pub async fn collect_all(gens: &mut [Generation], route: &str) -> Result<Vec<Final>, ApiError> {
+    let mut finals = Vec::with_capacity(gens.len());
+    for g in gens.iter_mut() {
+        let f = g.collect().await.inspect_err(|e| g.log_failed(route, e))?;
+        g.log_finished(route, &f);
+        finals.push(f);
+    }
+    Ok(finals)
+}
+
+/// One choice's step in a merged stream.
+pub type ChoiceStep = (usize, Result<Step, ApiError>);
+
+/// The choices' steps as they come, tagged with the choice index; each choice's stream ends
+/// after its end or error (logged here).
+pub fn merged(
+    gens: Vec<Generation>,
+    route: &'static str,
+) -> Pin<Box<dyn Stream<Item = ChoiceStep> + Send>> {
+    let streams = gens.into_iter().enumerate().map(|(index, mut g)| {
+        Box::pin(async_stream::stream! {
+            while let Some(step) = g.session.next().await {
+                match &step {
+                    Ok(Step { end: Some(f), .. }) => g.log_finished(route, f),
+                    Err(e) => g.log_failed(route, e),
+                    _ => {}
+                }
+                yield (index, step);
+            }
+        }) as Pin<Box<dyn Stream<Item = ChoiceStep> + Send>>
+    });
+    Box::pin(futures::stream::select_all(streams))
+}
+
+/// Usage over all choices: the prompt counts once (as OpenAI counts it), completions add up.
+pub fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// Tokens that stand for text in OpenAI's logprobs (special tokens such as `</s>` add none).
+pub fn text_tokens(tokens: &[TokenOut]) -> impl Iterator<Item = &TokenOut> {
+    tokens.iter().filter(|t| !t.special)
+}
+
+/// Chat's `logprobs.content` entries.
+pub fn chat_logprobs(tokens: &[TokenOut]) -> Vec<Value> {
+    text_tokens(tokens)
+        .map(|t| {
+            json!({
+                "token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes(),
+                "top_logprobs": t.top_tokens.iter().map(|a| json!({
+                    "token": a.text, "logprob": a.logprob, "bytes": a.text.as_bytes(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// Legacy completions' `logprobs` object; `offset` is where the tokens' text starts in `text`.
+pub fn legacy_logprobs(tokens: &[TokenOut], mut offset: usize) -> Value {
+    let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for t in text_tokens(tokens) {
+        texts.push(json!(t.text));
+        lps.push(json!(t.logprob));
+        let top: serde_json::Map<String, Value> = t
+            .top_tokens
+            .iter()
+            .map(|a| (a.text.clone(), json!(a.logprob)))
+            .collect();
+        tops.push(Value::Object(top));
+        offsets.push(json!(offset));
+        offset += t.text.len();
+    }
+    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `x-flamingo-affinity` header of the first choice (all choices share the images).
+pub fn set_affinity(response: &mut axum::response::Response, affinity: Option<String>) {
+    if let Some(v) = affinity.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::affinity::RESPONSE_HEADER, v);
+    }
+}
