@@ -116,3 +116,13 @@ def test_compat_route_answers_like_the_tgi_routes(url):
     # A malformed body gets /generate's error.
     status, _, err = post(url, "/", {"inputs": 5})
     assert status == 422 and err["error_type"] == "validation", err
+
+
+def test_top_n_tokens(url):
+    client = InferenceClient(url)
+    out = client.text_generation(prompt(), max_new_tokens=6, details=True, top_n_tokens=3)
+    assert len(out.details.top_tokens) == len(out.details.tokens)
+    assert all(len(top) <= 3 for top in out.details.top_tokens)
+    # Keep the client referenced while the stream is read (it owns the connection).
+    events = list(client.text_generation(prompt(), max_new_tokens=6, stream=True, details=True, top_n_tokens=2))
+    assert events and all(e.top_tokens is not None and len(e.top_tokens) <= 2 for e in events)

@@ -113,3 +113,40 @@ def test_api_keys(keyed):
         model="openflamingo-9b", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_logprobs_top_logprobs_and_n_choices(url):
+    c = client(url)
+    reply = c.chat.completions.create(
+        model="openflamingo-9b", messages=image_messages(), max_tokens=MAX, logprobs=True, top_logprobs=3
+    )
+    content = reply.choices[0].logprobs.content
+    assert content and "".join(t.token for t in content) == reply.choices[0].message.content
+    assert all(len(t.top_logprobs) <= 3 and t.logprob <= 0 for t in content)
+    reply = c.chat.completions.create(
+        model="openflamingo-9b", messages=image_messages(), max_tokens=MAX, n=3, temperature=1.0, seed=7
+    )
+    assert [ch.index for ch in reply.choices] == [0, 1, 2]
+    second = c.chat.completions.create(
+        model="openflamingo-9b", messages=image_messages(), max_tokens=MAX, temperature=1.0, seed=8
+    )
+    assert reply.choices[1].message.content == second.choices[0].message.content
+    with pytest.raises(openai.UnprocessableEntityError):
+        c.chat.completions.create(model="openflamingo-9b", messages=image_messages(), max_tokens=MAX, store=True)
+
+
+def test_legacy_completions(url):
+    c = client(url)
+    prompt = f"![](data:image/png;base64,{image_b64()})Output:"
+    reply = c.completions.create(model="openflamingo-9b", prompt=prompt, max_tokens=MAX, logprobs=2)
+    assert reply.object == "text_completion"
+    expected = generate(url, "<image>Output:", [image_b64()], max_new_tokens=MAX)
+    assert reply.choices[0].text == expected["generated_text"]
+    assert "".join(reply.choices[0].logprobs.tokens) == reply.choices[0].text
+    chunks = list(
+        c.completions.create(
+            model="openflamingo-9b", prompt=prompt, max_tokens=MAX, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == reply.choices[0].text
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
