@@ -175,6 +175,12 @@ pub struct Limits {
     pub preprocess_slots: usize,
     /// Memory that concurrent image decodes may hold together (estimated from each header).
     pub preprocess_memory_bytes: u64,
+    /// Prompt tokens one step prefills at most (over all joining requests); longer prompts are
+    /// prefilled over several steps so decoding streams keep their pace. 0 = whole prompts.
+    pub max_prefill_chunk_tokens: usize,
+    /// Run the vision tower for a request's new images on its preprocessing thread instead of
+    /// the model worker, so a newcomer's images never stall the batch's streams.
+    pub encode_images_in_preprocessing: bool,
 }
 
 impl Default for Limits {
@@ -196,6 +202,8 @@ impl Default for Limits {
             max_kv_bytes: 0,
             preprocess_slots: 0,
             preprocess_memory_bytes: 1 << 30,
+            max_prefill_chunk_tokens: 64,
+            encode_images_in_preprocessing: true,
         }
     }
 }

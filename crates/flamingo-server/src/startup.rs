@@ -192,6 +192,12 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         max_kv_bytes,
         cache: cache.clone(),
         decode_budget: MemoryBudget::new(cfg.limits.preprocess_memory_bytes as usize),
+        encode_images: cfg
+            .limits
+            .encode_images_in_preprocessing
+            .then(|| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .transpose()
+            .map_err(|e| format!("starting the image encoding thread: {e}"))?,
     });
     let l = &cfg.limits;
     let worker = worker::spawn(
@@ -200,6 +206,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
             max_batch_size: l.max_batch_size,
             max_batch_tokens: l.max_batch_tokens,
             max_kv_bytes,
+            max_prefill_chunk_tokens: l.max_prefill_chunk_tokens,
             cache,
             max_queue: l.max_queue,
             retry_after_s: cfg.server.retry_after_s,

@@ -40,6 +40,9 @@ pub struct PrepContext {
     pub cache: SharedFeatureCache,
     /// Memory concurrent image decodes share (limits.preprocess_memory_bytes).
     pub decode_budget: MemoryBudget,
+    /// Encode new images here rather than on the model worker (limits.encode_images_in_preprocessing),
+    /// on this one-thread pool: the kernels' shared pool stays with the worker's steps.
+    pub encode_images: Option<rayon::ThreadPool>,
 }
 
 /// Validated parameters; `max_new_tokens` is settled once the prompt length is known.
@@ -392,7 +395,43 @@ pub fn load_images(
             fetched,
         },
     )?;
+    if let Some(pool) = &ctx.encode_images {
+        pool.install(|| encode_new_images(&mut prepared.images, ctx))?;
+    }
     Ok(prepared)
+}
+
+/// Runs the vision tower and resampler for the request's images that are not cached yet, here
+/// on the preprocessing thread, and caches their features: the model worker then never stops
+/// every stream in the batch to encode a newcomer's images (it only would for images another
+/// request evicted meanwhile, which it encodes itself).
+fn encode_new_images(images: &mut [ImageInput], ctx: &PrepContext) -> Result<(), ApiError> {
+    let todo: Vec<usize> = (0..images.len())
+        .filter(|&i| images[i].features.is_none())
+        .filter(|&i| images[..i].iter().all(|earlier| earlier.hash != images[i].hash))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let pixels: Vec<&[f32]> = todo.iter().map(|&i| images[i].pixels.as_slice()).collect();
+    let features = ctx
+        .checker
+        .encode_images(&pixels)
+        .map_err(|e| ApiError::internal(format!("image encoding failed: {e}")))?;
+    metrics::histogram!(crate::metrics::ENCODE_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::IMAGE_CACHE_MISSES).increment(todo.len() as u64);
+    let mut cache = ctx.cache.lock().unwrap_or_else(|e| e.into_inner());
+    for (&i, t) in todo.iter().zip(features) {
+        cache.insert(images[i].hash, t.clone());
+        let hash = images[i].hash;
+        for img in images.iter_mut().filter(|img| img.hash == hash) {
+            img.features = Some(t.clone());
+            // The pixels are not needed any more; the queue holds less memory.
+            img.pixels = std::sync::Arc::new(Vec::new());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ pub struct WorkerConfig {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
     pub max_kv_bytes: usize,
+    pub max_prefill_chunk_tokens: usize,
     /// Shared with request preparation, which looks images up before decoding them.
     pub cache: SharedFeatureCache,
     pub max_queue: usize,
@@ -224,8 +225,10 @@ struct Worker {
 
 impl Worker {
     fn new(model: Arc<Flamingo>, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
+        let mut engine = Engine::new(model);
+        engine.set_prefill_chunk(cfg.max_prefill_chunk_tokens);
         Self {
-            engine: Engine::new(model),
+            engine,
             cache: cfg.cache,
             slots: HashMap::new(),
             pending: VecDeque::new(),
