@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::{ModelError, Result};
 use crate::preprocess::PixelSpec;
 
-/// Which image a text token cross-attends to (spec §7).
+/// Which image a text token cross-attends to (docs/architecture.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaRule {

@@ -239,7 +239,8 @@ impl Flamingo {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        // The three added tokens have no trained lm_head rows (spec §5); zeros, as the fixtures.
+        // The three added tokens have no trained lm_head rows (docs/architecture.md §5); zeros, as
+        // the fixtures.
         let act_dtype = activation_dtype(opts.dtype, &opts.device);
         let head = llama_vb.get((l.vocab_size, h), "lm_head.weight")?;
         let extra = Tensor::zeros((vocab - l.vocab_size, h), head.dtype(), head.device())?;

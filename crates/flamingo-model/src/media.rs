@@ -1,4 +1,5 @@
-//! Which image each text token cross-attends to (spec §7), as 1-based image indices (0 = none).
+//! Which image each text token cross-attends to (docs/architecture.md §7), as 1-based image
+//! indices (0 = none).
 
 use crate::config::MediaRule;
 

@@ -1,5 +1,6 @@
-//! Perceiver resampler (spec §4): 64 learned latents cross-attend to each image's patch tokens.
-//! Every layer re-normalises the *original* patch tokens; keys/values are [norm(x); norm(latents)].
+//! Perceiver resampler (docs/architecture.md §4): 64 learned latents cross-attend to each
+//! image's patch tokens. Every layer re-normalises the *original* patch tokens; keys/values are
+//! [norm(x); norm(latents)].
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};

@@ -1,5 +1,6 @@
-//! The LLaMA tokenizer with OpenFlamingo's added tokens (spec §8): `<|endofchunk|>`, `<image>`,
-//! `<PAD>` appended to the base vocabulary as special, non-normalised tokens; BOS prepended.
+//! The LLaMA tokenizer with OpenFlamingo's added tokens (docs/architecture.md §8):
+//! `<|endofchunk|>`, `<image>`, `<PAD>` appended to the base vocabulary as special,
+//! non-normalised tokens; BOS prepended.
 
 use std::path::Path;
 

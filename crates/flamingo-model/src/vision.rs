@@ -1,5 +1,6 @@
 //! CLIP ViT as open_clip 2.16 runs it for OpenFlamingo: patch tokens after the last block,
-//! `ln_pre` applied, CLS dropped, no `ln_post`/`proj` (spec §2). Module paths are open_clip keys.
+//! `ln_pre` applied, CLS dropped, no `ln_post`/`proj` (docs/architecture.md §2). Module paths are
+//! open_clip keys.
 
 use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};

@@ -371,7 +371,7 @@ enum HfKey {
     Concat([String; 3]),
 }
 
-/// open_clip vision key -> HF CLIP key(s) (spec §12).
+/// open_clip vision key -> HF CLIP key(s) (docs/architecture.md §12).
 fn hf_clip_keys(name: &str) -> HfKey {
     let Some(rest) = name.strip_prefix("visual.") else {
         return HfKey::One(name.to_string());

@@ -1,5 +1,6 @@
-//! Gated cross-attention block (spec §6), in front of every Nth decoder layer, on the residual
-//! stream. Media keys/values depend only on the images, so they are computed once per sequence.
+//! Gated cross-attention block (docs/architecture.md §6), in front of every Nth decoder layer,
+//! on the residual stream. Media keys/values depend only on the images, so they are computed
+//! once per sequence.
 
 use std::sync::Arc;
 
