@@ -11,6 +11,8 @@ use crate::beam::{top_candidates, BeamHypotheses, Candidate};
 use crate::error::{ModelError, Result};
 use crate::flamingo::{Flamingo, LogitsFor, PackedInput, SequenceState};
 use crate::media::{generated_media_time, prompt_media_time};
+use crate::prefix_cache::{boundaries, PrefixCache, PromptKey};
+pub use crate::prefix_cache::{ImageKey, PrefixStats};
 pub use crate::sampling::TopLogprob;
 use crate::sampling::{log_softmax, Sampler, SamplingParams};
 
@@ -48,6 +50,10 @@ pub struct SequenceRequest {
     pub tokens: Vec<u32>,
     /// Resampled latents of the prompt's images in `<image>` order, [T_img, latents, dim].
     pub images: Option<Tensor>,
+    /// One key per image, in order (e.g. the SHA-256 of its bytes): what lets the prefix cache
+    /// (see [`Engine::set_prefix_cache`]) tell images apart. Empty: a prompt with images is
+    /// neither looked up nor stored.
+    pub image_keys: Vec<ImageKey>,
     pub params: GenerationParams,
 }
 
@@ -123,6 +129,10 @@ struct Active {
     num_images: usize,
     params: GenerationParams,
     decoding: Decoding,
+    /// Image keys for the prefix cache (empty when it does not apply).
+    image_keys: Vec<ImageKey>,
+    /// Boundaries (ascending) whose history is stored once the prefill passes them.
+    snapshots: Vec<usize>,
 }
 
 impl Active {
@@ -140,6 +150,7 @@ pub struct Engine {
     next_id: SeqId,
     /// Prompt tokens one step may prefill, over all sequences (0 = no limit).
     prefill_chunk: usize,
+    prefix: PrefixCache,
 }
 
 /// What one sequence contributes to a step.
@@ -160,7 +171,21 @@ impl Engine {
             active: Vec::new(),
             next_id: 1,
             prefill_chunk: 0,
+            prefix: PrefixCache::new(0),
         }
+    }
+
+    /// Keeps up to `bytes` of self-attention history at prompt boundaries (after each
+    /// `<|endofchunk|>`) for later prompts that begin the same way, with the same images
+    /// (0 = off, the default). Replaces the cache and its counters. Outputs are the same with
+    /// or without it.
+    pub fn set_prefix_cache(&mut self, bytes: usize) {
+        self.prefix = PrefixCache::new(bytes);
+    }
+
+    /// The prefix cache's counters.
+    pub fn prefix_stats(&self) -> PrefixStats {
+        self.prefix.stats()
     }
 
     /// Bounds the prompt tokens one step prefills (over all sequences; 0 = no bound). Long
@@ -322,8 +347,33 @@ impl Engine {
             None => 0,
         };
         self.validate(&req.tokens, num_images, &req.params)?;
-        let state = self.model.new_sequence(req.images.as_ref())?;
+        let mut state = self.model.new_sequence(req.images.as_ref())?;
         let rule = self.model.config().media_rule;
+        let media_time = prompt_media_time(rule, &req.tokens, self.model.image_token_id());
+        let (mut fed, mut snapshots, mut image_keys) = (0, Vec::new(), Vec::new());
+        if self.prefix.enabled() && (num_images == 0 || req.image_keys.len() == num_images) {
+            let key = PromptKey {
+                tokens: &req.tokens,
+                media_time: &media_time,
+                image_keys: &req.image_keys,
+            };
+            let ends = boundaries(&req.tokens, self.model.end_of_chunk_token_id());
+            // The last prompt token is always fed: its logits choose the first token.
+            let below: Vec<usize> = ends
+                .iter()
+                .copied()
+                .filter(|&k| k < req.tokens.len())
+                .collect();
+            if let Some((k, kv)) = self.prefix.lookup(&key, &below)? {
+                state.set_history(kv);
+                fed = k;
+            }
+            let later: Vec<usize> = ends.into_iter().filter(|&k| k > fed).collect();
+            snapshots = self.prefix.plan_snapshots(&key, &later);
+            if !snapshots.is_empty() {
+                image_keys = req.image_keys;
+            }
+        }
         let id = self.next_id;
         self.next_id += 1;
         let decoding = if req.params.num_beams > 1 {
@@ -342,12 +392,14 @@ impl Engine {
         };
         self.active.push(Active {
             id,
-            prompt_media_time: prompt_media_time(rule, &req.tokens, self.model.image_token_id()),
+            prompt_media_time: media_time,
             prompt: req.tokens,
-            fed: 0,
+            fed,
             num_images,
             params: req.params,
             decoding,
+            image_keys,
+            snapshots,
         });
         Ok(id)
     }
@@ -436,9 +488,13 @@ impl Engine {
                     // Mid-prompt: the caches grew; nothing to choose yet.
                     rows.next().expect("one row per fed sequence");
                     a.fed += n;
+                    store_snapshots(&mut self.prefix, a)?;
                     continue;
                 }
-                Feed::Complete => a.fed = a.prompt.len(),
+                Feed::Complete => {
+                    a.fed = a.prompt.len();
+                    store_snapshots(&mut self.prefix, a)?;
+                }
             }
             let reason = match &mut a.decoding {
                 Decoding::Single(s) => {
@@ -490,6 +546,31 @@ impl Engine {
         self.active.retain(|a| !finished.contains(&a.id));
         Ok(events)
     }
+}
+
+/// Stores the prefix snapshots the prefill has passed (before the first step moves a beam
+/// search's prompt caches into its beams).
+fn store_snapshots(cache: &mut PrefixCache, a: &mut Active) -> Result<()> {
+    let ready = a.snapshots.iter().take_while(|&&k| k <= a.fed).count();
+    if ready == 0 {
+        return Ok(());
+    }
+    let state = match &a.decoding {
+        Decoding::Single(s) => Some(&s.state),
+        Decoding::Beam(b) => b.prompt_state.as_ref(),
+    };
+    if let Some(state) = state {
+        let key = PromptKey {
+            tokens: &a.prompt,
+            media_time: &a.prompt_media_time,
+            image_keys: &a.image_keys,
+        };
+        for &k in &a.snapshots[..ready] {
+            cache.insert(&key, k, state.history_prefix(k)?);
+        }
+    }
+    a.snapshots.drain(..ready);
+    Ok(())
 }
 
 /// One step of transformers 4.28 `beam_search` + `BeamSearchScorer.process` for one request.

@@ -81,6 +81,22 @@ impl SequenceState {
         self.num_images
     }
 
+    /// Copies of the self-attention history's first `n` positions, every layer (not the image
+    /// keys/values: those belong to each request's own images).
+    pub(crate) fn history_prefix(&self, n: usize) -> Result<Vec<KvCache>> {
+        Ok(self
+            .kv
+            .iter()
+            .map(|c| c.prefix(n))
+            .collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Starts a fresh sequence from a copy of an earlier one's history (same layers).
+    pub(crate) fn set_history(&mut self, kv: Vec<KvCache>) {
+        debug_assert_eq!(kv.len(), self.kv.len());
+        self.kv = kv;
+    }
+
     /// An independent copy for a new beam; image keys/values are shared.
     pub fn fork(&self) -> Result<Self> {
         Ok(Self {

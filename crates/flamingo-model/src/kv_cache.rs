@@ -45,6 +45,26 @@ impl KvCache {
         }
     }
 
+    /// An independent copy of the first `n` positions (at most `len`), sized to fit them: a
+    /// prefix cache stores it, and a sequence that starts from it grows its own copy.
+    pub fn prefix(&self, n: usize) -> Result<Self> {
+        Ok(match self {
+            KvCache::Empty => KvCache::Empty,
+            _ if n == 0 => KvCache::Empty,
+            KvCache::Device(d) => KvCache::Device(d.prefix(n)?),
+            KvCache::Host(h) => KvCache::Host(h.prefix(n)),
+        })
+    }
+
+    /// Bytes held, by allocated capacity.
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvCache::Empty => 0,
+            KvCache::Device(d) => d.bytes(),
+            KvCache::Host(h) => h.bytes(),
+        }
+    }
+
     /// An independent copy (beam search forks a beam).
     pub fn deep_copy(&self) -> Result<Self> {
         Ok(match self {
@@ -97,6 +117,28 @@ impl DeviceKv {
         self.k = Some(k);
         self.v = Some(v);
         Ok(())
+    }
+
+    fn prefix(&self, n: usize) -> Result<Self> {
+        let n = n.min(self.len);
+        let copy = |t: &Option<Tensor>| {
+            t.as_ref()
+                .map(|t| t.narrow(1, 0, n)?.contiguous()?.copy())
+                .transpose()
+        };
+        Ok(Self {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
+            len: n,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        let size = |t: &Option<Tensor>| {
+            t.as_ref()
+                .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
+        };
+        size(&self.k) + size(&self.v)
     }
 
     fn deep_copy(&self) -> Result<Self> {

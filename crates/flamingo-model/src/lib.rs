@@ -15,6 +15,7 @@ pub mod media;
 pub mod nn;
 pub mod paths;
 pub(crate) mod perceiver;
+pub(crate) mod prefix_cache;
 pub mod preprocess;
 pub mod sampling;
 pub mod tokenizer;

@@ -63,6 +63,7 @@ fn generate(f: &Fixture, chunk: usize) -> Vec<Vec<GeneratedToken>> {
             e.add(SequenceRequest {
                 tokens,
                 images,
+                image_keys: Vec::new(),
                 params: params(8),
             })
             .unwrap(),
@@ -114,6 +115,7 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
         .add(SequenceRequest {
             tokens: short,
             images: short_images,
+            image_keys: Vec::new(),
             params: params(100),
         })
         .unwrap();
@@ -129,6 +131,7 @@ fn a_long_prefill_does_not_stall_decoding(dir: &Path) {
         .add(SequenceRequest {
             tokens: long,
             images: long_images,
+            image_keys: Vec::new(),
             params: params(2),
         })
         .unwrap();

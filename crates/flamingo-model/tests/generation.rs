@@ -94,6 +94,7 @@ fn run_engine(f: &Fixture, params: &GenerationParams, cases: &[&str], goldens: &
                 .add(SequenceRequest {
                     tokens,
                     images,
+                    image_keys: Vec::new(),
                     params: params.clone(),
                 })
                 .unwrap();

@@ -71,6 +71,7 @@ fn one_request(
     engine.add(SequenceRequest {
         tokens: tok.encode(prompt)?,
         images: Some(Tensor::stack(&latents, 0)?),
+        image_keys: Vec::new(),
         params,
     })?;
     let mut out = Vec::new();
@@ -135,6 +136,7 @@ fn requests_mode(dir: &std::path::Path, repeats: usize, batch: usize) -> BoxResu
         engine.add(SequenceRequest {
             tokens: tok.encode(prompt)?,
             images: Some(Tensor::stack(&latents, 0)?),
+            image_keys: Vec::new(),
             params: params.clone(),
         })?;
     }
@@ -513,6 +515,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 engine.add(SequenceRequest {
                     tokens: prompt.clone(),
                     images: Some(latents.clone()),
+                    image_keys: Vec::new(),
                     params: params.clone(),
                 })?;
             }
@@ -554,6 +557,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine.add(SequenceRequest {
             tokens: prompt.clone(),
             images: Some(latents.clone()),
+            image_keys: Vec::new(),
             params,
         })?;
         engine.step()?;

@@ -16,6 +16,8 @@ pub struct HostKv {
     v: Vec<f32>,
     len: usize,
     capacity: usize,
+    /// Set by the first append (0 while empty).
+    head_dim: usize,
 }
 
 /// Smallest capacity allocated, in positions.
@@ -30,8 +32,38 @@ impl HostKv {
         self.len == 0
     }
 
+    /// An independent copy of positions `0..n` (at most `len`), sized to hold exactly them.
+    pub fn prefix(&self, n: usize) -> HostKv {
+        let n = n.min(self.len);
+        if n == 0 {
+            return HostKv::default();
+        }
+        let hd = self.head_dim;
+        let kv_heads = self.k.len() / (self.capacity * hd);
+        let copy = |data: &[f32]| {
+            let mut out = Vec::with_capacity(kv_heads * n * hd);
+            for h in 0..kv_heads {
+                out.extend_from_slice(&data[h * self.capacity * hd..][..n * hd]);
+            }
+            out
+        };
+        HostKv {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            len: n,
+            capacity: n,
+            head_dim: hd,
+        }
+    }
+
+    /// Bytes held (allocated capacity, not just `len`).
+    pub fn bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<f32>()
+    }
+
     /// Room for `extra` more positions; doubling keeps appends amortised O(1).
     fn reserve(&mut self, extra: usize, kv_heads: usize, head_dim: usize) {
+        self.head_dim = head_dim;
         let needed = self.len + extra;
         if needed <= self.capacity {
             return;

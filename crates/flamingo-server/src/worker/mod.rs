@@ -452,6 +452,7 @@ impl Worker {
         let request = SequenceRequest {
             tokens: item.tokens.clone(),
             images,
+            image_keys: item.images.iter().map(|img| img.hash).collect(),
             params: item.params.clone(),
         };
         guarded(|| self.engine.add(request)).map_err(ApiError::validation)
