@@ -13,13 +13,13 @@ use flamingo_model::sampling::SamplingParams;
 use flamingo_model::tokenizer::FlamingoTokenizer;
 
 use crate::api::Parameters;
+use crate::budget::MemoryBudget;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::budget::MemoryBudget;
 use crate::images::{self, ImageContext, ImageInput};
+use crate::prompt::Rendered;
 use crate::worker::cache::SharedFeatureCache;
 use crate::worker::policy::KvShape;
-use crate::prompt::Rendered;
 
 /// What preparation needs from the loaded model.
 pub struct PrepContext {
@@ -339,11 +339,9 @@ pub fn prepare_text(
     ctx.checker
         .validate(&tokens, n_images, &params)
         .map_err(|e| bad("inputs", e.to_string()))?;
-    let kv_bytes = ctx.kv.reservation(
-        params.num_beams,
-        tokens.len() + max_new_tokens,
-        n_images,
-    );
+    let kv_bytes = ctx
+        .kv
+        .reservation(params.num_beams, tokens.len() + max_new_tokens, n_images);
     if kv_bytes > ctx.max_kv_bytes {
         let param = if params.num_beams > 1 {
             "num_beams"
@@ -408,7 +406,11 @@ pub fn load_images(
 fn encode_new_images(images: &mut [ImageInput], ctx: &PrepContext) -> Result<(), ApiError> {
     let todo: Vec<usize> = (0..images.len())
         .filter(|&i| images[i].features.is_none())
-        .filter(|&i| images[..i].iter().all(|earlier| earlier.hash != images[i].hash))
+        .filter(|&i| {
+            images[..i]
+                .iter()
+                .all(|earlier| earlier.hash != images[i].hash)
+        })
         .collect();
     if todo.is_empty() {
         return Ok(());

@@ -363,3 +363,28 @@ async fn images_in_a_request_whose_client_left_stop_decoding() {
     })
     .await
 }
+
+/// Images encoded on the preprocessing thread (limits.encode_images_in_preprocessing) and
+/// long prompts prefilled in small chunks give exactly the default server's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_worker_encoding_and_small_prefill_chunks_change_nothing() {
+    timed(60, async {
+        let body = json!({
+            "inputs": "<image>Output:A checker.<|endofchunk|><image>Output:",
+            "images": [image_b64("checker"), image_b64("rings")],
+            "parameters": {"max_new_tokens": 8, "details": true},
+        });
+        let plain = Server::start().await.post("/generate", &body).await;
+        assert_eq!(plain.status, 200, "{}", plain.text);
+        let other = Server::start_with(&[
+            ("FLAMINGO_LIMITS_ENCODE_IMAGES_IN_PREPROCESSING", "true"),
+            ("FLAMINGO_LIMITS_MAX_PREFILL_CHUNK_TOKENS", "3"),
+        ])
+        .await;
+        let r = other.post("/generate", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["details"]["tokens"], plain.json["details"]["tokens"]);
+        assert_eq!(r.json["generated_text"], plain.json["generated_text"]);
+    })
+    .await
+}
