@@ -286,6 +286,45 @@ mod tests {
         Arc::new(FlamingoTokenizer::from_file(std::path::Path::new(path)).unwrap())
     }
 
+    type Events = tokio::sync::mpsc::UnboundedSender<WorkerEvent>;
+
+    /// A session with this filter mode and stop sequences, and the worker's end of its channel.
+    fn open(mode: FilterMode, stop: &[&str], deadline: Duration) -> (Session, Events) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let now = Instant::now();
+        let cfg = SessionConfig {
+            tokenizer: tokenizer(),
+            filter: ContentFilter::new(FilterConfig {
+                mode,
+                ..FilterConfig::default()
+            }),
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            deadline: now + deadline,
+            retry_after_s: 1,
+            timings: Timings::new(now, now),
+        };
+        (Session::new(rx, cfg), tx)
+    }
+
+    /// What the worker sends for a generated token without alternatives.
+    fn send(tx: &Events, id: u32, finish: Option<FinishReason>) {
+        let token = GeneratedToken {
+            id,
+            logprob: -1.0,
+            top: Vec::new(),
+        };
+        tx.send(WorkerEvent::Token { token, finish }).unwrap();
+    }
+
+    fn ids_of(text: &str) -> Vec<u32> {
+        tokenizer()
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .skip(1)
+            .collect()
+    }
+
     /// A session fed with the real token ids of `text` (as a model would have generated them),
     /// the last one ending the sequence with `end`.
     fn session_with(
@@ -294,34 +333,12 @@ mod tests {
         text: &str,
         end: FinishReason,
     ) -> (Session, Vec<u32>) {
-        let tok = tokenizer();
-        let ids: Vec<u32> = tok.encode(text).unwrap().into_iter().skip(1).collect();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let now = Instant::now();
-        let cfg = SessionConfig {
-            tokenizer: tok,
-            filter: ContentFilter::new(FilterConfig {
-                mode,
-                ..FilterConfig::default()
-            }),
-            stop: stop.iter().map(|s| s.to_string()).collect(),
-            deadline: now + Duration::from_secs(10),
-            retry_after_s: 1,
-            timings: Timings::new(now, now),
-        };
+        let ids = ids_of(text);
+        let (s, tx) = open(mode, stop, Duration::from_secs(10));
         for (i, &id) in ids.iter().enumerate() {
-            let finish = (i + 1 == ids.len()).then_some(end);
-            tx.send(WorkerEvent::Token {
-                token: GeneratedToken {
-                    id,
-                    logprob: -1.0,
-                    top: Vec::new(),
-                },
-                finish,
-            })
-            .unwrap();
+            send(&tx, id, (i + 1 == ids.len()).then_some(end));
         }
-        (Session::new(rx, cfg), ids)
+        (s, ids)
     }
 
     fn session(mode: FilterMode, stop: &[&str], text: &str) -> (Session, Vec<u32>) {
@@ -386,22 +403,7 @@ mod tests {
         // An alternative that is a masked word on its own ("shit" is one token here or not; either
         // way its text as a whole alternative would be masked if it is one piece).
         let bad: Vec<u32> = tok.encode(" shit").unwrap().into_iter().skip(1).collect();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let now = Instant::now();
-        let mut s = Session::new(
-            rx,
-            SessionConfig {
-                tokenizer: tok.clone(),
-                filter: ContentFilter::new(FilterConfig {
-                    mode: FilterMode::Censor,
-                    ..FilterConfig::default()
-                }),
-                stop: Vec::new(),
-                deadline: now + Duration::from_secs(10),
-                retry_after_s: 1,
-                timings: Timings::new(now, now),
-            },
-        );
+        let (mut s, tx) = open(FilterMode::Censor, &[], Duration::from_secs(10));
         for (i, &id) in ids.iter().enumerate() {
             let finish = (i + 1 == ids.len()).then_some(FinishReason::StopToken);
             let top = vec![
@@ -510,32 +512,11 @@ mod tests {
         assert!(!end.filtered);
         assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
 
-        let tok = tokenizer();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let now = Instant::now();
-        let mut s = Session::new(
-            rx,
-            SessionConfig {
-                tokenizer: tok.clone(),
-                filter: ContentFilter::new(FilterConfig::default()),
-                stop: Vec::new(),
-                deadline: now + Duration::from_secs(10),
-                retry_after_s: 1,
-                timings: Timings::new(now, now),
-            },
-        );
-        let ended = ids.iter().map(|&id| (id, None));
-        for (id, finish) in ended.chain([(tok.eos_id, Some(FinishReason::StopToken))]) {
-            tx.send(WorkerEvent::Token {
-                token: GeneratedToken {
-                    id,
-                    logprob: -1.0,
-                    top: Vec::new(),
-                },
-                finish,
-            })
-            .unwrap();
+        let (mut s, tx) = open(FilterMode::Censor, &[], Duration::from_secs(10));
+        for &id in &ids {
+            send(&tx, id, None);
         }
+        send(&tx, tokenizer().eos_id, Some(FinishReason::StopToken));
         let (_, tokens, end) = run(&mut s).await;
         assert_eq!(end.generated_text, "a cat on a mat", "no </s> in the text");
         assert!(tokens.last().unwrap().special);
@@ -543,23 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn worker_loss_and_deadline_are_errors_not_hangs() {
-        let tok = tokenizer();
-        let make = |deadline: Duration| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<WorkerEvent>();
-            let now = Instant::now();
-            let s = Session::new(
-                rx,
-                SessionConfig {
-                    tokenizer: tok.clone(),
-                    filter: ContentFilter::new(FilterConfig::default()),
-                    stop: Vec::new(),
-                    deadline: now + deadline,
-                    retry_after_s: 1,
-                    timings: Timings::new(now, now),
-                },
-            );
-            (s, tx)
-        };
+        let make = |deadline: Duration| open(FilterMode::Censor, &[], deadline);
         let (mut s, tx) = make(Duration::from_secs(10));
         drop(tx);
         let e = s.next().await.unwrap().unwrap_err();

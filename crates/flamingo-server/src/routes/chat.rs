@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -18,7 +18,6 @@ use crate::api::{ChatRequest, Parameters};
 use crate::error::ApiError;
 use crate::pipeline::RequestId;
 use crate::prompt::render_chat;
-use crate::routes::generate::timing_headers;
 use crate::routes::openai::{self, refuse, Sampling};
 use crate::sse;
 use crate::state::AppState;
@@ -164,30 +163,22 @@ pub async fn chat_completions(
         }
     };
     if !req.stream.unwrap_or(false) {
-        let finals = openai::collect_all(&mut gens, ROUTE).await?;
-        let choices: Vec<Value> = finals
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": f.generated_text},
-                    "finish_reason": f.finish_reason.openai(),
-                    "logprobs": logprobs(&f.tokens),
-                })
+        let head = openai::Head {
+            id: &completion_id,
+            object: "chat.completion",
+            created,
+            model: &model,
+            prompt_tokens,
+        };
+        return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": f.generated_text},
+                "finish_reason": f.finish_reason.openai(),
+                "logprobs": logprobs(&f.tokens),
             })
-            .collect();
-        let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
-        let body = json!({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-            "usage": openai::usage(prompt_tokens, completion),
-            "filtered": finals.iter().any(|f| f.filtered),
-        });
-        let mut response = Json(body).into_response();
-        timing_headers(&mut response, &gens[0]);
-        return Ok(response);
+        })
+        .await;
     }
     let include_usage = req
         .stream_options

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -18,7 +18,6 @@ use crate::api::{CompletionRequest, GenerateRequest, Parameters, PromptField};
 use crate::error::ApiError;
 use crate::pipeline::RequestId;
 use crate::prompt::render_generate;
-use crate::routes::generate::timing_headers;
 use crate::routes::openai::{self, refuse, Sampling};
 use crate::session::TokenOut;
 use crate::sse;
@@ -112,30 +111,22 @@ pub async fn completions(
         }
     };
     if !req.stream.unwrap_or(false) {
-        let finals = openai::collect_all(&mut gens, ROUTE).await?;
-        let choices: Vec<Value> = finals
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                json!({
-                    "index": i,
-                    "text": format!("{echo}{}", f.generated_text),
-                    "finish_reason": f.finish_reason.openai(),
-                    "logprobs": logprobs(&f.tokens, echo.len()),
-                })
+        let head = openai::Head {
+            id: &completion_id,
+            object: "text_completion",
+            created,
+            model: &model,
+            prompt_tokens,
+        };
+        return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
+            json!({
+                "index": i,
+                "text": format!("{echo}{}", f.generated_text),
+                "finish_reason": f.finish_reason.openai(),
+                "logprobs": logprobs(&f.tokens, echo.len()),
             })
-            .collect();
-        let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
-        let body = json!({
-            "id": completion_id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-            "usage": openai::usage(prompt_tokens, completion),
-            "filtered": finals.iter().any(|f| f.filtered),
-        });
-        let mut response = Json(body).into_response();
-        timing_headers(&mut response, &gens[0]);
-        return Ok(response);
+        })
+        .await;
     }
     let include_usage = req
         .stream_options

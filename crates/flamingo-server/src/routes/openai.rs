@@ -181,6 +181,43 @@ pub fn merged(
 }
 
 /// Usage over all choices: the prompt counts once (as OpenAI counts it), completions add up.
+/// What identifies a response of either OpenAI route.
+pub struct Head<'a> {
+    pub id: &'a str,
+    pub object: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+    pub prompt_tokens: usize,
+}
+
+/// A non-streamed response: every choice run to its end, shaped by `choice(index, final)`,
+/// with the usage summed over the choices.
+pub async fn whole_response(
+    gens: &mut [Generation],
+    route: &str,
+    head: Head<'_>,
+    choice: impl Fn(usize, &Final) -> Value,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let finals = collect_all(gens, route).await?;
+    let choices: Vec<Value> = finals
+        .iter()
+        .enumerate()
+        .map(|(i, f)| choice(i, f))
+        .collect();
+    let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
+    let body = json!({
+        "id": head.id, "object": head.object, "created": head.created, "model": head.model,
+        "system_fingerprint": null,
+        "choices": choices,
+        "usage": usage(head.prompt_tokens, completion),
+        "filtered": finals.iter().any(|f| f.filtered),
+    });
+    let mut response = axum::Json(body).into_response();
+    crate::routes::generate::timing_headers(&mut response, &gens[0]);
+    Ok(response)
+}
+
 pub fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
