@@ -181,6 +181,11 @@ pub struct Limits {
     /// Run the vision tower for a request's new images on its preprocessing thread instead of
     /// the model worker, so a newcomer's images never stall the batch's streams.
     pub encode_images_in_preprocessing: bool,
+    /// Self-attention history kept at prompt boundaries (after each `<|endofchunk|>`) for
+    /// later prompts that begin the same way with the same images: repeated few-shot examples
+    /// and chat history skip their prefill. Outputs are identical with it. Held besides
+    /// `max_kv_bytes`. 0 = off.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +209,7 @@ impl Default for Limits {
             preprocess_memory_bytes: 1 << 30,
             max_prefill_chunk_tokens: 64,
             encode_images_in_preprocessing: true,
+            prefix_cache_bytes: 1 << 30,
         }
     }
 }

@@ -29,6 +29,13 @@ pub const FINISHED: &str = "flamingo_requests_finished_total";
 pub const IMAGE_CACHE_HITS: &str = "flamingo_image_cache_hits_total";
 pub const IMAGE_CACHE_MISSES: &str = "flamingo_image_cache_misses_total";
 pub const IMAGE_CACHE_ENTRIES: &str = "flamingo_image_cache_entries";
+/// Prompts that started from a cached prefix's history / that were looked up and did not.
+pub const PREFIX_CACHE_HITS: &str = "flamingo_prefix_cache_hits_total";
+pub const PREFIX_CACHE_MISSES: &str = "flamingo_prefix_cache_misses_total";
+pub const PREFIX_CACHE_REUSED_TOKENS: &str = "flamingo_prefix_cache_reused_tokens_total";
+pub const PREFIX_CACHE_EVICTIONS: &str = "flamingo_prefix_cache_evictions_total";
+pub const PREFIX_CACHE_ENTRIES: &str = "flamingo_prefix_cache_entries";
+pub const PREFIX_CACHE_BYTES: &str = "flamingo_prefix_cache_bytes";
 pub const WORKER_ALIVE: &str = "flamingo_worker_alive";
 pub const READY: &str = "flamingo_ready";
 pub const IMAGES_DECODED: &str = "flamingo_images_decoded_total";
@@ -181,6 +188,28 @@ fn describe() {
     );
     describe_counter!(IMAGE_CACHE_MISSES, "Images encoded by the vision tower");
     describe_gauge!(IMAGE_CACHE_ENTRIES, "Image features in the cache");
+    describe_counter!(
+        PREFIX_CACHE_HITS,
+        "Prompts that started from the cached history of an earlier prompt's prefix"
+    );
+    describe_counter!(
+        PREFIX_CACHE_MISSES,
+        "Prompts with a reusable boundary (after an <|endofchunk|>) that found no cached prefix"
+    );
+    describe_counter!(
+        PREFIX_CACHE_REUSED_TOKENS,
+        "Prompt tokens whose prefill the prefix cache skipped"
+    );
+    describe_counter!(
+        PREFIX_CACHE_EVICTIONS,
+        "Prefix snapshots dropped to stay within limits.prefix_cache_bytes"
+    );
+    describe_gauge!(PREFIX_CACHE_ENTRIES, "Prefix snapshots in the cache");
+    describe_gauge!(
+        PREFIX_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of KV history held by the prefix cache"
+    );
     describe_gauge!(WORKER_ALIVE, "1 while the model worker thread runs");
     describe_counter!(
         IMAGES_DECODED,

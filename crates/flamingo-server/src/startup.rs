@@ -207,6 +207,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
             max_batch_tokens: l.max_batch_tokens,
             max_kv_bytes,
             max_prefill_chunk_tokens: l.max_prefill_chunk_tokens,
+            prefix_cache_bytes: l.prefix_cache_bytes,
             cache,
             max_queue: l.max_queue,
             retry_after_s: cfg.server.retry_after_s,

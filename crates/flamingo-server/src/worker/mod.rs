@@ -160,6 +160,8 @@ pub struct WorkerConfig {
     pub max_batch_tokens: usize,
     pub max_kv_bytes: usize,
     pub max_prefill_chunk_tokens: usize,
+    /// Bytes of prompt-prefix history kept for reuse (0 = off).
+    pub prefix_cache_bytes: usize,
     /// Shared with request preparation, which looks images up before decoding them.
     pub cache: SharedFeatureCache,
     pub max_queue: usize,
@@ -227,6 +229,7 @@ impl Worker {
     fn new(model: Arc<Flamingo>, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
         let mut engine = Engine::new(model);
         engine.set_prefill_chunk(cfg.max_prefill_chunk_tokens);
+        engine.set_prefix_cache(cfg.prefix_cache_bytes);
         Self {
             engine,
             cache: cfg.cache,
@@ -290,6 +293,13 @@ impl Worker {
         );
         let entries = self.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
         metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(entries as f64);
+        let prefix = self.engine.prefix_stats();
+        metrics::counter!(m::PREFIX_CACHE_HITS).absolute(prefix.hits);
+        metrics::counter!(m::PREFIX_CACHE_MISSES).absolute(prefix.lookups - prefix.hits);
+        metrics::counter!(m::PREFIX_CACHE_REUSED_TOKENS).absolute(prefix.tokens_reused);
+        metrics::counter!(m::PREFIX_CACHE_EVICTIONS).absolute(prefix.evictions);
+        metrics::gauge!(m::PREFIX_CACHE_ENTRIES).set(prefix.entries as f64);
+        metrics::gauge!(m::PREFIX_CACHE_BYTES).set(prefix.bytes as f64);
     }
 
     /// Requests whose client left or whose deadline passed while they waited never start.
