@@ -6,6 +6,7 @@
 //!     [--dtype f32|f16|bf16] [--device cpu|cuda] [--batches 1,4,16] [--llama-layers N] [--quant q8_0|q4k]
 //!     [--long N (steps of the early/late per-token check; 0 skips it)] [--reps N] [--encode-only]
 //!     [--decode-only (one encode, no prefill timing, each decode timing repeated --reps times)]
+//! cargo run --release -p flamingo-model --bin bench_model -- preprocess [--reps N] FILE...
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -337,6 +338,68 @@ fn linear_mode(only: Option<(usize, usize)>) -> BoxResult<()> {
     Ok(())
 }
 
+/// `preprocess [--reps N] FILE...`: decode, resize + crop and normalise per image (best of N,
+/// one thread), as `preprocess::preprocess` does them. Where `FILE.ref.rgb` exists (the
+/// reference's 224x224 uint8 crop, raw RGB) the max abs difference of our crop is printed too.
+fn preprocess_mode(args: &[String]) -> BoxResult<()> {
+    let reps: usize = match args.iter().position(|a| a == "--reps") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|r| r.parse().ok())
+            .ok_or("--reps N")?,
+        None => 20,
+    };
+    let files: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *a != "--reps" && (*i == 0 || args[i - 1] != "--reps"))
+        .map(|(_, a)| a)
+        .collect();
+    let (limits, spec) = (
+        preprocess::ImageLimits::default(),
+        preprocess::PixelSpec::CLIP_224,
+    );
+    println!(
+        "{:<24}{:>9}{:>13}{:>11}{:>9}{:>10}  (ms, best of {reps})",
+        "file", "decode", "resize+crop", "normalise", "total", "vs ref"
+    );
+    for file in files {
+        let bytes = std::fs::read(file)?;
+        let mut best = [f64::INFINITY; 4];
+        let mut crop = None;
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            let source = preprocess::decode_source(&bytes, &limits)?;
+            let t1 = Instant::now();
+            let c = source.resize_and_crop(&spec);
+            let t2 = Instant::now();
+            std::hint::black_box(preprocess::normalize(&c, &spec));
+            let t3 = Instant::now();
+            let times = [t1 - t0, t2 - t1, t3 - t2, t3 - t0].map(|d| d.as_secs_f64() * 1e3);
+            for (b, t) in best.iter_mut().zip(times) {
+                *b = b.min(t);
+            }
+            crop = Some(c);
+        }
+        let crop = crop.ok_or("--reps 0")?;
+        let vs_ref = match std::fs::read(format!("{file}.ref.rgb")) {
+            Ok(r) if r.len() == crop.as_raw().len() => {
+                let diff = r.iter().zip(crop.as_raw()).map(|(a, b)| a.abs_diff(*b));
+                format!("max {}", diff.max().unwrap_or(0))
+            }
+            _ => "-".into(),
+        };
+        let name = std::path::Path::new(file)
+            .file_name()
+            .map_or(file.clone(), |n| n.to_string_lossy().into());
+        println!(
+            "{name:<24}{:>9.2}{:>13.2}{:>11.2}{:>9.2}{vs_ref:>10}",
+            best[0], best[1], best[2], best[3]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("attention") {
@@ -351,6 +414,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .get(1)
             .ok_or("usage: bench_model precision MODEL_DIR")?;
         return precision_mode(std::path::Path::new(dir));
+    }
+    if args.first().map(String::as_str) == Some("preprocess") {
+        return preprocess_mode(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("requests") {
         let dir = args

@@ -172,15 +172,31 @@ where
     let cols = horizontal.as_deref().map_or(plan.cols.clone(), span);
     let rows = vertical.as_deref().map_or(plan.rows.clone(), span);
 
-    let mut region = Raster::<T>::extract(src, width, channels, cols.clone(), rows.clone());
     // Pillow resizes LA/RGBA as premultiplied La/RGBa and converts back afterwards.
     let alpha = T::HAS_PREMULTIPLY && (channels == 2 || channels == 4);
-    if alpha {
-        region.pixels_mut().for_each(T::premultiply);
-    }
-    if let Some(win) = &horizontal {
-        region = region.convolve_rows(cols.start, win);
-    }
+    let mut region = match &horizontal {
+        // The horizontal pass reads the source rows in place: no copy of the (possibly
+        // 36 MB) source region.
+        Some(win) if !alpha => T::convolve_rows(src, width, channels, 0, rows.clone(), win),
+        _ => {
+            let mut region = Raster::<T>::extract(src, width, channels, cols.clone(), rows.clone());
+            if alpha {
+                region.pixels_mut().for_each(T::premultiply);
+            }
+            if let Some(win) = &horizontal {
+                let all = 0..region.height;
+                region = T::convolve_rows::<T>(
+                    &region.data,
+                    region.width,
+                    channels,
+                    cols.start,
+                    all,
+                    win,
+                );
+            }
+            region
+        }
+    };
     if let Some(win) = &vertical {
         region = region.convolve_cols(rows.start, win);
     }
@@ -283,6 +299,52 @@ trait Sample: Copy + Default {
     fn finish(acc: Self::Acc) -> Self;
     fn premultiply(_pixel: &mut [Self]) {}
     fn unpremultiply(_pixel: &mut [Self]) {}
+
+    /// Horizontal pass over `rows` of a `stride`-pixel-wide interleaved buffer whose column 0
+    /// is source column `origin`: one output column per window. Taps are summed in order.
+    fn convolve_rows<S: Copy>(
+        src: &[S],
+        stride: usize,
+        channels: usize,
+        origin: usize,
+        rows: Range<usize>,
+        windows: &[Window<Self::Weight>],
+    ) -> Raster<Self>
+    where
+        Self: From<S>,
+    {
+        // Monomorphised per channel count so the per-tap loop over channels unrolls.
+        let kernel = match channels {
+            1 => row_in_order::<S, Self, 1>,
+            2 => row_in_order::<S, Self, 2>,
+            3 => row_in_order::<S, Self, 3>,
+            _ => row_in_order::<S, Self, 4>,
+        };
+        Raster::horizontal(src, stride, channels, origin, rows, windows, kernel)
+    }
+}
+
+/// Computes one row of the horizontal pass: (source row, windows, output row).
+type RowKernel<S, T> = fn(&[S], &[Window<<T as Sample>::Weight>], &mut [T]);
+
+/// One row of the horizontal pass, each output sample summed tap by tap in Pillow's order.
+fn row_in_order<S: Copy, T: Sample + From<S>, const CH: usize>(
+    src: &[S],
+    windows: &[Window<T::Weight>],
+    dst: &mut [T],
+) {
+    for (win, px) in windows.iter().zip(dst.chunks_exact_mut(CH)) {
+        let taps = &src[win.start * CH..][..win.weights.len() * CH];
+        let mut acc = [T::start(); CH];
+        for (sample, &weight) in taps.chunks_exact(CH).zip(&win.weights) {
+            for c in 0..CH {
+                acc[c] = T::tap(acc[c], T::from(sample[c]), weight);
+            }
+        }
+        for (v, a) in px.iter_mut().zip(acc) {
+            *v = T::finish(a);
+        }
+    }
 }
 
 impl Sample for u8 {
@@ -438,37 +500,30 @@ impl<T: Sample> Raster<T> {
         out
     }
 
-    /// Horizontal pass; `origin` is the source column of `self`'s first column.
-    fn convolve_rows(&self, origin: usize, windows: &[Window<T::Weight>]) -> Self {
-        // Monomorphised per channel count so the per-tap loop over channels unrolls.
-        match self.channels {
-            1 => self.convolve_rows_n::<1>(origin, windows),
-            2 => self.convolve_rows_n::<2>(origin, windows),
-            3 => self.convolve_rows_n::<3>(origin, windows),
-            _ => self.convolve_rows_n::<4>(origin, windows),
-        }
-    }
-
-    fn convolve_rows_n<const CH: usize>(
-        &self,
+    /// Runs `kernel` over `rows` of a `stride`-pixel-wide buffer whose column 0 is source
+    /// column `origin`; `kernel` gets whole rows of `src`, indexed by source column.
+    fn horizontal<S: Copy>(
+        src: &[S],
+        stride: usize,
+        channels: usize,
         origin: usize,
+        rows: Range<usize>,
         windows: &[Window<T::Weight>],
+        kernel: RowKernel<S, T>,
     ) -> Self {
-        let mut out = Self::new(windows.len(), self.height, CH);
-        let rows = self.data.chunks_exact(self.width * CH);
-        for (src, dst) in rows.zip(out.data.chunks_exact_mut(windows.len() * CH)) {
-            for (win, px) in windows.iter().zip(dst.chunks_exact_mut(CH)) {
-                let taps = &src[(win.start - origin) * CH..][..win.weights.len() * CH];
-                let mut acc = [T::start(); CH];
-                for (sample, &weight) in taps.chunks_exact(CH).zip(&win.weights) {
-                    for c in 0..CH {
-                        acc[c] = T::tap(acc[c], sample[c], weight);
-                    }
-                }
-                for (v, a) in px.iter_mut().zip(acc) {
-                    *v = T::finish(a);
-                }
-            }
+        let mut out = Self::new(windows.len(), rows.len(), channels);
+        let width = windows.len() * channels;
+        // Shift the windows so that they index the row slice as given.
+        let shifted: Vec<Window<T::Weight>> = windows
+            .iter()
+            .map(|w| Window {
+                start: w.start - origin,
+                weights: w.weights.clone(),
+            })
+            .collect();
+        let lines = src[rows.start * stride * channels..].chunks_exact(stride * channels);
+        for (line, dst) in lines.zip(out.data.chunks_exact_mut(width)) {
+            kernel(line, &shifted, dst);
         }
         out
     }
