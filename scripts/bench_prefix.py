@@ -2,9 +2,10 @@
 """Prefix reuse (not a test, not in CI): time to first token of few-shot requests whose examples
 were seen before, and of each turn of a chat, with the prefix cache off vs on.
 
-For each variant (limits.prefix_cache_bytes = 0, then --cache-bytes) the script starts
-target/release/flamingo-server on a free loopback port with --model-dir and runs, one request at
-a time, over /generate_stream (TTFT = time to the first streamed token event):
+The script starts target/release/flamingo-server twice on free loopback ports with --model-dir,
+limits.prefix_cache_bytes = 0 and = --cache-bytes, and sends each request below to both, one
+request at a time, alternating which server goes first (so load drifts on a shared machine hit
+both alike), over /generate_stream (TTFT = time to the first streamed token event):
 
   * a --shots-shot caption prompt (shots + 1 images): a warm-up request (the first request of the
     server; the images' features are then cached in both variants, so only the prefix cache
@@ -118,36 +119,53 @@ QUESTIONS = [
 ]
 
 
-def few_shot(port, shots, reps, tokens):
+def each(ports, i, send):
+    """send(port) on every server, alternating the order, so load drifts hit both alike."""
+    order = list(range(len(ports))) if i % 2 == 0 else list(reversed(range(len(ports))))
+    out = [None] * len(ports)
+    for k in order:
+        out[k] = send(ports[k])
+    return out
+
+
+def few_shot(ports, shots, reps, tokens):
+    """Per server: (cold, new query image, exact repeat) lists of TTFT."""
     def prompt(variant):
         return "".join(f"<image>Output:{variant}{CAPTIONS[i % len(CAPTIONS)]}<|endofchunk|>"
                        for i in range(shots)) + "<image>Output:"
     examples = [b64png(10 + i) for i in range(shots)]
+    ttft = lambda text, images: lambda port: stream(port, text, images, tokens)[0]
     # Warm-up: the server's first request, and the images' features get cached.
-    stream(port, prompt("Warm-up. "), examples + [b64png(500)], tokens)
+    each(ports, 0, ttft(prompt("Warm-up. "), examples + [b64png(500)]))
     # Cold: examples never seen (other caption text each time), same images.
-    cold = [stream(port, prompt(f"Set {i}. "), examples + [b64png(500)], tokens) for i in range(reps)]
+    cold = [each(ports, i, ttft(prompt(f"Set {i}. "), examples + [b64png(500)])) for i in range(reps)]
     seen = prompt("")
-    stream(port, seen, examples + [b64png(500)], tokens)
-    new_query = [stream(port, seen, examples + [b64png(501 + i)], tokens) for i in range(reps)]
-    repeat = [stream(port, seen, examples + [b64png(500)], tokens) for _ in range(reps)]
-    return cold, new_query, repeat
+    each(ports, 0, ttft(seen, examples + [b64png(500)]))
+    new_query = [each(ports, i, ttft(seen, examples + [b64png(501 + i)])) for i in range(reps)]
+    repeat = [each(ports, i, ttft(seen, examples + [b64png(500)])) for i in range(reps)]
+    return [([r[k] for r in cold], [r[k] for r in new_query], [r[k] for r in repeat]) for k in range(len(ports))]
 
 
-def chat(port, turns, tokens, seed):
+def chat(ports, turns, tokens, seed):
+    """Per server: TTFT of each turn."""
     image = b64png(900 + seed)
-    history, out = "", []
+    history = [""] * len(ports)
+    out = [[] for _ in ports]
     for t in range(turns):
-        prompt = history + ("<image>" if t == 0 else "") + f"User: {QUESTIONS[t % len(QUESTIONS)]} GPT:"
-        ttft, text = stream(port, prompt, [image], tokens)
-        out.append(ttft)
-        answer = text.replace("<image>", "").replace("<|endofchunk|>", "")
-        history = prompt + answer + "<|endofchunk|>"
+        def send(port):
+            k = ports.index(port)
+            prompt = history[k] + ("<image>" if t == 0 else "") + f"User: {QUESTIONS[t % len(QUESTIONS)]} GPT:"
+            ttft, text = stream(port, prompt, [image], tokens)
+            answer = text.replace("<image>", "").replace("<|endofchunk|>", "")
+            history[k] = prompt + answer + "<|endofchunk|>"
+            return ttft
+        for k, v in enumerate(each(ports, t + seed, send)):
+            out[k].append(v)
     return out
 
 
-def med(rows):
-    return statistics.median(r[0] for r in rows)
+def med(xs):
+    return statistics.median(xs)
 
 
 def main():
@@ -161,16 +179,17 @@ def main():
     ap.add_argument("--chats", type=int, default=5, help="chats (each with its own image); median per turn")
     ap.add_argument("--tokens", type=int, default=8, help="max_new_tokens per request")
     args = ap.parse_args()
-    results = {}
-    for name, cache in [("off", 0), ("on", args.cache_bytes)]:
-        port = free_port()
-        p = start(args.server_bin, args.model_dir, cache, port)
-        try:
-            fs = few_shot(port, args.shots, args.reps, args.tokens)
-            chats = [chat(port, args.turns, args.tokens, c) for c in range(args.chats)]
-            ch = [statistics.median(c[t] for c in chats) for t in range(args.turns)]
-            results[name] = (fs, ch, metrics(port))
-        finally:
+    servers, ports = [], []
+    try:
+        for cache in (0, args.cache_bytes):
+            ports.append(free_port())
+            servers.append(start(args.server_bin, args.model_dir, cache, ports[-1]))
+        fs = few_shot(ports, args.shots, args.reps, args.tokens)
+        chats = [chat(ports, args.turns, args.tokens, c) for c in range(args.chats)]
+        ch = [[statistics.median(c[k][t] for c in chats) for t in range(args.turns)] for k in range(2)]
+        m = metrics(ports[1])
+    finally:
+        for p in servers:
             p.terminate()
             try:
                 p.wait(timeout=30)
@@ -181,7 +200,7 @@ def main():
     print(f"{'request':<44}{'cache off':>11}{'cache on':>11}{'on/off':>8}")
     def row(label, off, on):
         print(f"{label:<44}{off*1e3:>11.1f}{on*1e3:>11.1f}{on/off:>8.2f}")
-    (fo, co, _), (fn, cn, m) = results["off"], results["on"]
+    (fo, fn), (co, cn) = fs, ch
     row(f"{args.shots}-shot, examples not seen before", med(fo[0]), med(fn[0]))
     row(f"{args.shots}-shot, same examples, new query image", med(fo[1]), med(fn[1]))
     row(f"{args.shots}-shot, repeated exactly", med(fo[2]), med(fn[2]))

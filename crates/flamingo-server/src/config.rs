@@ -26,8 +26,7 @@ pub struct ServerConfig {
     pub request_timeout_s: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_timeout_s: u64,
-    /// `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Bearer keys accepted on the API routes; empty = no authentication.
     pub api_keys: Vec<String>,
     /// Origins allowed by CORS (`*` for any); empty = no CORS headers (same origin only).
@@ -41,7 +40,7 @@ pub struct ServerConfig {
     pub allow_image_urls: bool,
     /// Which hosts: `allowlist` (only `image_url_allowlist`) or `public` (any host). In both,
     /// only public addresses are connected to unless `image_url_allow_private` holds them.
-    pub image_url_mode: String,
+    pub image_url_mode: ImageUrlMode,
     /// Hosts fetched in `allowlist` mode: `images.example.com` exactly, `*.example.com` its
     /// subdomains.
     pub image_url_allowlist: Vec<String>,
@@ -79,13 +78,13 @@ impl Default for ServerConfig {
             port: 8080,
             request_timeout_s: 300,
             drain_timeout_s: 30,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
             max_body_bytes: 25 * 1024 * 1024,
             retry_after_s: 1,
             allow_image_urls: false,
-            image_url_mode: "allowlist".into(),
+            image_url_mode: ImageUrlMode::Allowlist,
             image_url_allowlist: Vec::new(),
             image_url_allow_private: Vec::new(),
             image_url_https_only: false,
@@ -116,15 +115,68 @@ pub struct ModelConfig {
     pub tokenizer: Option<PathBuf>,
     /// Name reported by /info and /v1/models.
     pub id: String,
-    /// `f32`, `f16` or `bf16`.
-    pub dtype: String,
+    pub dtype: DTypeName,
     /// `cpu`, `cuda` or `cuda:N` (needs the `cuda` build feature).
     pub device: String,
-    /// `next_image` (v1 release semantics) or `previous_image` (v2).
-    pub media_rule: String,
-    /// `none`, `q8_0` or `q4k`.
-    pub quantization: String,
+    pub media_rule: MediaRuleName,
+    pub quantization: QuantizationName,
 }
+
+/// Declares a configuration enum: its TOML/CLI spellings, `as_str`, `Display`.
+macro_rules! config_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] #[value(name = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+config_enum!(
+    /// Activation and weight dtype.
+    DTypeName { F32 = "f32", F16 = "f16", Bf16 = "bf16" }
+);
+config_enum!(
+    /// Which image a text token cross-attends to.
+    MediaRuleName {
+        /// open-flamingo 0.0.2, the released checkpoint: the next image.
+        NextImage = "next_image",
+        /// open-flamingo 2.x: the previous image.
+        PreviousImage = "previous_image",
+    }
+);
+config_enum!(
+    /// Weight quantization of the LLaMA projections, xattn feed-forwards and lm_head.
+    QuantizationName { None = "none", Q8_0 = "q8_0", Q4k = "q4k" }
+);
+config_enum!(
+    /// Which hosts image URLs may name.
+    ImageUrlMode {
+        /// Only `image_url_allowlist`.
+        Allowlist = "allowlist",
+        /// Any host (public addresses only, unless `image_url_allow_private` says otherwise).
+        Public = "public",
+    }
+);
+config_enum!(
+    /// Log line format.
+    LogFormat { Text = "text", Json = "json" }
+);
 
 pub const DEFAULT_MODEL_DIR: &str = "tests/fixtures/tiny-openflamingo";
 
@@ -139,10 +191,10 @@ impl Default for ModelConfig {
             flamingo_config: None,
             tokenizer: None,
             id: "openflamingo-9b".into(),
-            dtype: "f32".into(),
+            dtype: DTypeName::F32,
             device: "cpu".into(),
-            media_rule: "next_image".into(),
-            quantization: "none".into(),
+            media_rule: MediaRuleName::NextImage,
+            quantization: QuantizationName::None,
         }
     }
 }
@@ -208,7 +260,7 @@ impl Default for Limits {
             preprocess_slots: 0,
             preprocess_memory_bytes: 1 << 30,
             max_prefill_chunk_tokens: 64,
-            encode_images_in_preprocessing: true,
+            encode_images_in_preprocessing: false,
             prefix_cache_bytes: 1 << 30,
         }
     }
@@ -356,32 +408,6 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
-        let one_of = |key: &str, v: &str, allowed: &[&str]| {
-            if allowed.contains(&v) {
-                Ok(())
-            } else {
-                bad(
-                    key,
-                    format!("`{v}`; expected one of {}", allowed.join(", ")),
-                )
-            }
-        };
-        one_of("model.dtype", &self.model.dtype, &["f32", "f16", "bf16"])?;
-        one_of(
-            "model.media_rule",
-            &self.model.media_rule,
-            &["next_image", "previous_image"],
-        )?;
-        one_of(
-            "model.quantization",
-            &self.model.quantization,
-            &["none", "q8_0", "q4k"],
-        )?;
-        one_of(
-            "server.log_format",
-            &self.server.log_format,
-            &["text", "json"],
-        )?;
         let device = self.model.device.as_str();
         let device_ok = device == "cpu"
             || device == "cuda"
@@ -430,11 +456,6 @@ impl Config {
                 );
             }
         }
-        one_of(
-            "server.image_url_mode",
-            &s.image_url_mode,
-            &["allowlist", "public"],
-        )?;
         for (key, v) in [
             (
                 "server.image_url_connect_timeout_ms",
@@ -481,7 +502,9 @@ impl Config {
                 return bad("server.image_url_allow_private", e);
             }
         }
-        if s.allow_image_urls && s.image_url_mode == "allowlist" && s.image_url_allowlist.is_empty()
+        if s.allow_image_urls
+            && s.image_url_mode == ImageUrlMode::Allowlist
+            && s.image_url_allowlist.is_empty()
         {
             return bad(
                 "server.image_url_allowlist",
@@ -632,7 +655,7 @@ mod tests {
         .unwrap();
         let c = loaded.config;
         assert_eq!(c.limits.max_queue, 4);
-        assert_eq!(c.model.dtype, "f16");
+        assert_eq!(c.model.dtype, DTypeName::F16);
         assert_eq!(c.model.id, "123");
         assert_eq!(c.server.api_keys, vec!["k1", "k2"]);
         assert_eq!(c.server.cors_origins, vec!["https://a.example"]);
@@ -686,7 +709,6 @@ mod tests {
             assert!(e.contains(key), "{e} should name {key}");
         };
         check(&|c| c.limits.max_batch_size = 0, "limits.max_batch_size");
-        check(&|c| c.model.dtype = "f64".into(), "model.dtype");
         check(&|c| c.model.device = "tpu".into(), "model.device");
         check(&|c| c.model.device = "cuda:x".into(), "model.device");
         check(
@@ -696,10 +718,6 @@ mod tests {
         check(
             &|c| c.server.allow_image_urls = true,
             "server.image_url_allowlist",
-        );
-        check(
-            &|c| c.server.image_url_mode = "everything".into(),
-            "server.image_url_mode",
         );
         check(
             &|c| c.server.image_url_allow_private = vec!["localhost".into()],
@@ -719,10 +737,10 @@ mod tests {
         );
         let mut c = Config::default();
         c.server.allow_image_urls = true;
-        c.server.image_url_mode = "public".into();
+        c.server.image_url_mode = ImageUrlMode::Public;
         c.server.image_url_allow_private = vec!["127.0.0.1/32".into(), "::1".into()];
         c.validate().unwrap();
-        c.server.image_url_mode = "allowlist".into();
+        c.server.image_url_mode = ImageUrlMode::Allowlist;
         c.server.image_url_allowlist = vec!["*.example.com".into(), "127.0.0.1".into()];
         c.validate().unwrap();
         Config::default().validate().unwrap();

@@ -37,7 +37,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, USER_AGENT};
 use reqwest::Url;
 
-use crate::config::{Limits, ServerConfig};
+use crate::config::{ImageUrlMode, Limits, ServerConfig};
 use crate::error::{ApiError, ErrorKind};
 use crate::images;
 use crate::metrics as m;
@@ -320,9 +320,9 @@ impl Policy {
             .iter()
             .map(|c| Cidr::parse(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let allowlist = match s.image_url_mode.as_str() {
-            "public" => None,
-            _ => Some(
+        let allowlist = match s.image_url_mode {
+            ImageUrlMode::Public => None,
+            ImageUrlMode::Allowlist => Some(
                 s.image_url_allowlist
                     .iter()
                     .map(|h| {
@@ -987,7 +987,10 @@ mod tests {
     fn policy(mode: &str, allowlist: &[&str], private: &[&str]) -> Policy {
         let s = ServerConfig {
             allow_image_urls: true,
-            image_url_mode: mode.into(),
+            image_url_mode: match mode {
+                "public" => ImageUrlMode::Public,
+                _ => ImageUrlMode::Allowlist,
+            },
             image_url_allowlist: allowlist.iter().map(|s| s.to_string()).collect(),
             image_url_allow_private: private.iter().map(|s| s.to_string()).collect(),
             ..ServerConfig::default()
@@ -1082,7 +1085,7 @@ mod tests {
         assert_eq!(check(&open, "https://8.8.8.8/x.png"), Ok(()));
         assert_eq!(check(&open, "https://anything.example/x.png"), Ok(()));
         let https = ServerConfig {
-            image_url_mode: "public".into(),
+            image_url_mode: ImageUrlMode::Public,
             image_url_https_only: true,
             ..ServerConfig::default()
         };

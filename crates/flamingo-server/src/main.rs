@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flamingo_server::config::Config;
+use flamingo_server::config::{Config, DTypeName, LogFormat};
 use flamingo_server::testing::TestHooks;
 
 #[derive(Parser, Debug)]
@@ -26,15 +26,15 @@ struct Args {
     /// Port (server.port); 0 picks a free one (logged).
     #[arg(long)]
     port: Option<u16>,
-    /// f32, f16 or bf16 (model.dtype).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Model dtype (model.dtype).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeName>,
     /// cpu, cuda or cuda:N (model.device).
     #[arg(long)]
     device: Option<String>,
-    /// text or json (server.log_format).
-    #[arg(long)]
-    log_format: Option<String>,
+    /// Log line format (server.log_format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_tracing(&cfg.server.log_format);
+    init_tracing(cfg.server.log_format);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::fmt::format::FmtSpan;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,tower_http=warn".into());
@@ -124,7 +124,7 @@ fn init_tracing(format: &str) {
         // Reporting a failed log write goes to stderr with `eprintln!`, which panics when stderr
         // is a closed pipe: a dead log collector must not take request threads down with it.
         .log_internal_errors(false);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

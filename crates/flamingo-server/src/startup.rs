@@ -5,17 +5,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use flamingo_model::config::FlamingoConfig;
 use flamingo_model::engine::Engine;
 use flamingo_model::linear::Quantization;
 use flamingo_model::tokenizer::FlamingoTokenizer;
-use flamingo_model::config::FlamingoConfig;
 use flamingo_model::{Flamingo, LoadOptions, MediaRule, ModelPaths, VisionWeights};
 use serde_json::json;
 
-use crate::config::{Config, DEFAULT_MODEL_DIR};
+use crate::budget::MemoryBudget;
+use crate::config::{Config, DTypeName, MediaRuleName, QuantizationName, DEFAULT_MODEL_DIR};
 use crate::state::Runtime;
 use crate::testing::TestHooks;
-use crate::budget::MemoryBudget;
 use crate::validation::PrepContext;
 use crate::worker::cache::{FeatureCache, SharedFeatureCache};
 use crate::worker::policy::KvShape;
@@ -105,20 +105,19 @@ fn device(name: &str) -> Result<Device, String> {
 
 fn load_options(cfg: &Config) -> Result<(LoadOptions, Option<Quantization>), String> {
     let m = &cfg.model;
-    let dtype = match m.dtype.as_str() {
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        _ => DType::F32,
+    let dtype = match m.dtype {
+        DTypeName::F32 => DType::F32,
+        DTypeName::F16 => DType::F16,
+        DTypeName::Bf16 => DType::BF16,
     };
-    let media_rule = if m.media_rule == "previous_image" {
-        MediaRule::PreviousImage
-    } else {
-        MediaRule::NextImage
+    let media_rule = match m.media_rule {
+        MediaRuleName::NextImage => MediaRule::NextImage,
+        MediaRuleName::PreviousImage => MediaRule::PreviousImage,
     };
-    let quant = match m.quantization.as_str() {
-        "q8_0" => Some(Quantization::Q8_0),
-        "q4k" => Some(Quantization::Q4K),
-        _ => None,
+    let quant = match m.quantization {
+        QuantizationName::None => None,
+        QuantizationName::Q8_0 => Some(Quantization::Q8_0),
+        QuantizationName::Q4k => Some(Quantization::Q4K),
     };
     Ok((
         LoadOptions {
@@ -260,12 +259,8 @@ pub fn kv_shape(mc: &FlamingoConfig, dtype: DType) -> KvShape {
     let xattn_layers = ll
         .num_hidden_layers
         .div_ceil(mc.cross_attn_every_n_layers.max(1));
-    let per_image = xattn_layers
-        * 2
-        * mc.resampler.num_latents
-        * mc.xattn.heads
-        * mc.xattn.dim_head
-        * bytes;
+    let per_image =
+        xattn_layers * 2 * mc.resampler.num_latents * mc.xattn.heads * mc.xattn.dim_head * bytes;
     KvShape {
         per_token,
         per_image,

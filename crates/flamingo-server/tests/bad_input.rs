@@ -2,41 +2,14 @@
 
 mod common;
 
-use common::{b64, image_b64, image_bytes, timed, Server};
+use common::{
+    b64, crc32, image_b64, image_bytes, png_chunk, png_signature_and_ihdr, timed, Server,
+};
 use serde_json::{json, Value};
 
-/// CRC-32 (IEEE) as PNG chunks use it.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut out = (data.len() as u32).to_be_bytes().to_vec();
-    let mut body = kind.to_vec();
-    body.extend_from_slice(data);
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32(&body).to_be_bytes());
-    out
-}
-
-/// A valid PNG signature and IHDR (correct CRC) claiming `w` x `h` RGB pixels, then an empty IEND.
+/// A valid PNG signature and IHDR claiming `w` x `h` RGB pixels, then an empty IEND.
 fn png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = w.to_be_bytes().to_vec();
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(png_chunk(b"IHDR", &ihdr));
+    let mut png = png_signature_and_ihdr(w, h);
     png.extend(png_chunk(b"IEND", &[]));
     png
 }

@@ -349,16 +349,21 @@ async fn images_in_a_request_whose_client_left_stop_decoding() {
     timed(60, async {
         let s = Server::start_with(&[("FLAMINGO_LIMITS_PREPROCESS_SLOTS", "1")]).await;
         // 16 distinct images; the client gives up at once.
-        let imgs: Vec<String> = (0..16u8).map(|i| common::b64(&common::png_solid(2400 + i as u32 * 7, 2000, i))).collect();
+        // One big picture under 16 different byte strings: 16 decodes of tens of ms each.
+        let big = common::png_solid(5000, 4000, 7);
+        let imgs: Vec<String> = (0..16)
+            .map(|i| common::b64(&common::png_with_text(&big, &i.to_string())))
+            .collect();
         let body = json!({"inputs": format!("{}Output:", "<image>".repeat(16)), "images": imgs, "parameters": {"max_new_tokens": 1}});
         let before = s.metric("flamingo_images_decoded_total").await.unwrap_or(0.0);
         let _ = tokio::time::timeout(
-            Duration::from_millis(150),
+            Duration::from_millis(300),
             s.client.post(s.url("/generate")).json(&body).send(),
         )
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let decoded = s.metric("flamingo_images_decoded_total").await.unwrap_or(0.0) - before;
+        assert!(decoded >= 1.0, "the request reached decoding before the client left");
         assert!(decoded < 16.0, "decoding went on for a client that left: {decoded}");
     })
     .await

@@ -398,7 +398,11 @@ impl Worker {
                 out.insert(img.hash, Ok(features.clone()));
                 continue;
             }
-            let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&img.hash);
+            let cached = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&img.hash);
             match cached {
                 Some(t) => {
                     metrics::counter!(m::IMAGE_CACHE_HITS).increment(1);

@@ -31,6 +31,50 @@ pub fn image_b64(name: &str) -> String {
     b64(&image_bytes(name))
 }
 
+/// CRC-32 (IEEE) as PNG chunks use it.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// One PNG chunk: length, type, data, CRC.
+pub fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+/// A valid PNG signature and IHDR (correct CRC) claiming `w` x `h` 8-bit RGB pixels.
+pub fn png_signature_and_ihdr(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png
+}
+
+/// The same pixels under other bytes (a `tEXt` chunk after IHDR): another image-cache key.
+pub fn png_with_text(png: &[u8], text: &str) -> Vec<u8> {
+    let mut out = png[..33].to_vec();
+    out.extend(png_chunk(b"tEXt", format!("Comment\0{text}").as_bytes()));
+    out.extend_from_slice(&png[33..]);
+    out
+}
+
 /// A PNG of one colour (shade `seed`), `w` x `h`: distinct bytes per size and seed.
 pub fn png_solid(w: u32, h: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(w, h, image::Rgb([seed, 255 - seed, seed / 2]));
