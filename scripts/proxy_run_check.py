@@ -127,7 +127,7 @@ def main():
         if kb:
             peak = f", peak {max(kb) / 1024:.1f} MiB over {len(kb)} samples (rss.txt)"
     check(f"server RSS after run <= {RSS_MAX_GROWTH}x after warm-up", growth <= RSS_MAX_GROWTH,
-          f"{a.rss_warm_kb / 1024:.1f} MiB -> {a.rss_after_kb / 1024:.1f} MiB (x{growth:.3f}){peak}")
+          f"{a.rss_warm_kb / 1024:.1f} MiB -> {a.rss_after_kb / 1024:.1f} MiB (x{growth:.3f}; less the prefix cache's bytes){peak}")
 
     direct, proxied = ttft_samples(a.dir, "direct"), ttft_samples(a.dir, "nginx")
     delta = None
