@@ -5,13 +5,10 @@
 //! `n` choices are independent generations (`routes::openai`); `logprobs`/`top_logprobs` come
 //! from the output gate's tokens and their alternatives.
 
-use std::convert::Infallible;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::api::{ChatRequest, Parameters};
@@ -19,7 +16,6 @@ use crate::error::ApiError;
 use crate::pipeline::RequestId;
 use crate::prompt::render_chat;
 use crate::routes::openai::{self, refuse, Sampling};
-use crate::sse;
 use crate::state::AppState;
 
 const ROUTE: &str = "/v1/chat/completions";
@@ -185,62 +181,28 @@ pub async fn chat_completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let affinity = gens[0].affinity.clone();
-    let choices = gens.len();
-    let mut steps = openai::merged(gens, ROUTE);
-    let stream = async_stream::stream! {
-        let chunk = |index: usize, delta: Value, reason: Option<&str>, lp: Value| {
-            let mut c = json!({
-                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": null,
-                "choices": [{"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}],
-            });
-            if include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
-        for index in 0..choices {
-            yield Ok::<_, Infallible>(sse::json(&chunk(index, json!({"role": "assistant", "content": ""}), None, Value::Null)));
-        }
-        let (mut finished, mut completion, mut filtered) = (0, 0, false);
-        while let Some((index, step)) = steps.next().await {
-            let step = match step {
-                Ok(step) => step,
-                Err(e) => {
-                    yield Ok(sse::error(&e, true));
-                    break;
-                }
-            };
-            // One chunk per release: its text, and (when asked) the log-probabilities of every
-            // token in it (a token may carry no text of its own; its text left with a later one).
-            let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
-            if !text.is_empty() || (want_logprobs && openai::text_tokens(&step.tokens).next().is_some()) {
-                yield Ok(sse::json(&chunk(index, json!({"content": text}), None, logprobs(&step.tokens))));
-            }
-            if let Some(f) = step.end {
-                let mut last = chunk(index, json!({}), Some(f.finish_reason.openai()), Value::Null);
-                last["filtered"] = json!(f.filtered);
-                yield Ok(sse::json(&last));
-                finished += 1;
-                completion += f.generated_tokens;
-                filtered |= f.filtered;
-                if finished == choices {
-                    if include_usage {
-                        let mut u = chunk(0, json!({}), None, Value::Null);
-                        u["choices"] = json!([]);
-                        u["usage"] = openai::usage(prompt_tokens, completion);
-                        u["filtered"] = json!(filtered);
-                        yield Ok(sse::json(&u));
-                    }
-                    break;
-                }
-            }
-        }
-        // Also after an error event, as before: clients wait for it.
-        yield Ok(axum::response::sse::Event::default().data("[DONE]"));
+    let head = openai::Head {
+        id: &completion_id,
+        object: "chat.completion.chunk",
+        created,
+        model: &model,
+        prompt_tokens,
     };
-    let mut response = sse::response(stream);
-    openai::set_affinity(&mut response, affinity);
-    Ok(response)
+    let opening = (0..gens.len())
+        .map(|i| (i, json!({"delta": {"role": "assistant", "content": ""}})))
+        .collect();
+    let body = |text: Option<&str>| match text {
+        Some(t) => json!({"delta": {"content": t}}),
+        None => json!({"delta": {}}),
+    };
+    Ok(openai::streamed_response(
+        gens,
+        ROUTE,
+        head,
+        include_usage,
+        want_logprobs,
+        opening,
+        body,
+        move |_, tokens, _| logprobs(tokens),
+    ))
 }

@@ -5,13 +5,10 @@
 //! the legacy shape with `k` alternatives per token (from the output gate). `suffix` is refused
 //! (no fill-in-the-middle), `echo` with `logprobs` too (prompt log-probabilities are not computed).
 
-use std::convert::Infallible;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::api::{CompletionRequest, GenerateRequest, Parameters, PromptField};
@@ -20,7 +17,6 @@ use crate::pipeline::RequestId;
 use crate::prompt::render_generate;
 use crate::routes::openai::{self, refuse, Sampling};
 use crate::session::TokenOut;
-use crate::sse;
 use crate::state::AppState;
 
 const ROUTE: &str = "/v1/completions";
@@ -133,64 +129,34 @@ pub async fn completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let affinity = gens[0].affinity.clone();
-    let choices = gens.len();
-    let mut steps = openai::merged(gens, ROUTE);
-    let stream = async_stream::stream! {
-        let chunk = |index: usize, text: &str, reason: Option<&str>, lp: Value| {
-            let mut c = json!({
-                "id": completion_id, "object": "text_completion", "created": created, "model": model,
-                "system_fingerprint": null,
-                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": lp}],
-            });
-            if include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
-        // Text sent per choice so far (legacy `text_offset` counts from the echoed prompt).
-        let mut sent = vec![echo.len(); choices];
-        if !echo.is_empty() {
-            for index in 0..choices {
-                yield Ok::<_, Infallible>(sse::json(&chunk(index, &echo, None, Value::Null)));
-            }
-        }
-        let (mut finished, mut completion, mut filtered) = (0, 0, false);
-        while let Some((index, step)) = steps.next().await {
-            let step = match step {
-                Ok(step) => step,
-                Err(e) => {
-                    yield Ok(sse::error(&e, true));
-                    break;
-                }
-            };
-            let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
-            if !text.is_empty() || (want_logprobs && openai::text_tokens(&step.tokens).next().is_some()) {
-                yield Ok(sse::json(&chunk(index, &text, None, logprobs(&step.tokens, sent[index]))));
-                sent[index] += text.len();
-            }
-            if let Some(f) = step.end {
-                let mut last = chunk(index, "", Some(f.finish_reason.openai()), Value::Null);
-                last["filtered"] = json!(f.filtered);
-                yield Ok(sse::json(&last));
-                finished += 1;
-                completion += f.generated_tokens;
-                filtered |= f.filtered;
-                if finished == choices {
-                    if include_usage {
-                        let mut u = chunk(0, "", None, Value::Null);
-                        u["choices"] = json!([]);
-                        u["usage"] = openai::usage(prompt_tokens, completion);
-                        u["filtered"] = json!(filtered);
-                        yield Ok(sse::json(&u));
-                    }
-                    break;
-                }
-            }
-        }
-        yield Ok(axum::response::sse::Event::default().data("[DONE]"));
+    let head = openai::Head {
+        id: &completion_id,
+        object: "text_completion",
+        created,
+        model: &model,
+        prompt_tokens,
     };
-    let mut response = sse::response(stream);
-    openai::set_affinity(&mut response, affinity);
-    Ok(response)
+    let choices = gens.len();
+    let opening = if echo.is_empty() {
+        Vec::new()
+    } else {
+        (0..choices).map(|i| (i, json!({"text": echo}))).collect()
+    };
+    let body = |text: Option<&str>| json!({"text": text.unwrap_or("")});
+    // Text sent per choice so far (legacy `text_offset` counts from the echoed prompt).
+    let mut sent = vec![echo.len(); choices];
+    Ok(openai::streamed_response(
+        gens,
+        ROUTE,
+        head,
+        include_usage,
+        want_logprobs,
+        opening,
+        body,
+        move |index, tokens, text| {
+            let lp = logprobs(tokens, sent[index]);
+            sent[index] += text.len();
+            lp
+        },
+    ))
 }

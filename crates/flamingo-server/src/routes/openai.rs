@@ -180,7 +180,6 @@ pub fn merged(
     Box::pin(futures::stream::select_all(streams))
 }
 
-/// Usage over all choices: the prompt counts once (as OpenAI counts it), completions add up.
 /// What identifies a response of either OpenAI route.
 pub struct Head<'a> {
     pub id: &'a str,
@@ -218,6 +217,90 @@ pub async fn whole_response(
     Ok(response)
 }
 
+/// A streamed response: the `opening` choice bodies first (chat's role, completions' echo), then
+/// one chunk per release of a choice — `body(Some(text))` with `logprobs(index, tokens, text)`
+/// when it has text (or log-probabilities to show) — then each choice's final chunk
+/// (`body(None)` with its finish reason), the usage chunk when asked, and `[DONE]` (also after
+/// an error event: clients wait for it).
+#[allow(clippy::too_many_arguments)]
+pub fn streamed_response(
+    gens: Vec<Generation>,
+    route: &'static str,
+    head: Head<'_>,
+    include_usage: bool,
+    want_logprobs: bool,
+    opening: Vec<(usize, Value)>,
+    body: impl Fn(Option<&str>) -> Value + Send + 'static,
+    mut logprobs: impl FnMut(usize, &[TokenOut], &str) -> Value + Send + 'static,
+) -> axum::response::Response {
+    use futures::StreamExt;
+    let affinity = gens[0].affinity.clone();
+    let choices = gens.len();
+    let prompt_tokens = head.prompt_tokens;
+    let mut frame = json!({
+        "id": head.id, "object": head.object, "created": head.created, "model": head.model,
+        "system_fingerprint": null,
+    });
+    if include_usage {
+        frame["usage"] = Value::Null;
+    }
+    let chunk = move |index: usize, fields: Value, reason: Option<&str>, lp: Value| {
+        let mut choice = json!({"index": index, "finish_reason": reason, "logprobs": lp});
+        if let (Some(c), Some(f)) = (choice.as_object_mut(), fields.as_object()) {
+            c.extend(f.clone());
+        }
+        let mut c = frame.clone();
+        c["choices"] = json!([choice]);
+        c
+    };
+    let mut steps = merged(gens, route);
+    let stream = async_stream::stream! {
+        for (index, fields) in opening {
+            yield Ok::<_, std::convert::Infallible>(crate::sse::json(&chunk(index, fields, None, Value::Null)));
+        }
+        let (mut finished, mut completion, mut filtered) = (0, 0, false);
+        while let Some((index, step)) = steps.next().await {
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    yield Ok(crate::sse::error(&e, true));
+                    break;
+                }
+            };
+            // One chunk per release: its text, and (when asked) the log-probabilities of every
+            // token in it (a token may carry no text of its own; its text left with a later one).
+            let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
+            if !text.is_empty() || (want_logprobs && text_tokens(&step.tokens).next().is_some()) {
+                let lp = logprobs(index, &step.tokens, &text);
+                yield Ok(crate::sse::json(&chunk(index, body(Some(&text)), None, lp)));
+            }
+            if let Some(f) = step.end {
+                let mut last = chunk(index, body(None), Some(f.finish_reason.openai()), Value::Null);
+                last["filtered"] = json!(f.filtered);
+                yield Ok(crate::sse::json(&last));
+                finished += 1;
+                completion += f.generated_tokens;
+                filtered |= f.filtered;
+                if finished == choices {
+                    if include_usage {
+                        let mut u = chunk(0, json!({}), None, Value::Null);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage(prompt_tokens, completion);
+                        u["filtered"] = json!(filtered);
+                        yield Ok(crate::sse::json(&u));
+                    }
+                    break;
+                }
+            }
+        }
+        yield Ok(axum::response::sse::Event::default().data("[DONE]"));
+    };
+    let mut response = crate::sse::response(stream);
+    set_affinity(&mut response, affinity);
+    response
+}
+
+/// Usage over all choices: the prompt counts once (as OpenAI counts it), completions add up.
 pub fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
