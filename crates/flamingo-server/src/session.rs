@@ -150,7 +150,7 @@ impl Session {
                 WorkerEvent::Finished { reason, hypotheses } => {
                     return Some(Ok(self.on_beams(reason, hypotheses)))
                 }
-                WorkerEvent::Error(e) => return Some(Err(self.fail(e))),
+                WorkerEvent::Error(e) => return Some(Err(self.fail(e.into()))),
             }
         }
     }

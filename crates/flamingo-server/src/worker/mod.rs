@@ -5,6 +5,7 @@
 //! (cached by image hash), `Engine::add`, `Engine::step`.
 
 pub mod cache;
+pub mod error;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,11 +23,11 @@ use flamingo_model::engine::{
 use flamingo_model::Flamingo;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::error::{ApiError, ErrorKind};
 use crate::images::ImageInput;
 use crate::metrics as m;
 use crate::testing::TestHooks;
 use cache::SharedFeatureCache;
+pub use error::WorkerError;
 use policy::{admit, BatchLimits, Running, Waiting};
 
 /// Images resampled per call at most, so a burst of few-shot requests cannot ask the device for
@@ -62,7 +63,7 @@ pub enum WorkerEvent {
         reason: FinishReason,
         hypotheses: Vec<Hypothesis>,
     },
-    Error(ApiError),
+    Error(WorkerError),
 }
 
 /// State shared between the worker, the handlers, `/ready`, `/info` and metrics.
@@ -106,13 +107,15 @@ impl WorkerHandle {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
-    fn unavailable(&self) -> ApiError {
-        ApiError::unavailable("the model worker is not running", self.shared.retry_after_s)
+    fn unavailable(&self) -> WorkerError {
+        WorkerError::Stopped {
+            retry_after_s: self.shared.retry_after_s,
+        }
     }
 
     /// Takes a place in the queue or refuses at once: 429 when the queue (requests being
     /// prepared included) is full, 503 when the worker is gone. Never blocks.
-    pub fn reserve(&self) -> Result<QueueTicket, ApiError> {
+    pub fn reserve(&self) -> Result<QueueTicket, WorkerError> {
         let s = &self.shared;
         if !self.alive() {
             return Err(self.unavailable());
@@ -128,7 +131,7 @@ impl WorkerHandle {
     }
 
     /// Queues a prepared request in the place its ticket holds. Never blocks.
-    pub fn submit(&self, item: WorkItem, mut ticket: QueueTicket) -> Result<(), ApiError> {
+    pub fn submit(&self, item: WorkItem, mut ticket: QueueTicket) -> Result<(), WorkerError> {
         if !self.alive() {
             return Err(self.unavailable());
         }
@@ -144,15 +147,11 @@ impl WorkerHandle {
     }
 }
 
-fn overloaded(s: &WorkerShared) -> ApiError {
-    ApiError::new(
-        ErrorKind::Overloaded,
-        format!(
-            "the request queue is full ({} waiting); retry later",
-            s.max_queue
-        ),
-    )
-    .retry_after(s.retry_after_s)
+fn overloaded(s: &WorkerShared) -> WorkerError {
+    WorkerError::QueueFull {
+        max_queue: s.max_queue,
+        retry_after_s: s.retry_after_s,
+    }
 }
 
 pub struct WorkerConfig {
@@ -444,32 +443,34 @@ impl Worker {
         &mut self,
         item: &WorkItem,
         features: &HashMap<cache::Key, Result<Tensor, String>>,
-    ) -> Result<SeqId, ApiError> {
+    ) -> Result<SeqId, WorkerError> {
         let mut latents = Vec::with_capacity(item.images.len());
         for img in &item.images {
             match features.get(&img.hash) {
                 Some(Ok(t)) => latents.push(t.clone()),
                 Some(Err(e)) => {
-                    return Err(ApiError::internal(format!("image encoding failed: {e}")))
+                    return Err(WorkerError::ModelFailed(format!(
+                        "image encoding failed: {e}"
+                    )))
                 }
-                None => return Err(ApiError::internal("image features missing")),
+                None => return Err(WorkerError::ModelFailed("image features missing".into())),
             }
         }
-        let images = if latents.is_empty() {
-            None
-        } else {
-            Some(
-                Tensor::stack(&latents, 0)
-                    .map_err(|e| ApiError::internal(format!("stacking image features: {e}")))?,
-            )
-        };
+        let images =
+            if latents.is_empty() {
+                None
+            } else {
+                Some(Tensor::stack(&latents, 0).map_err(|e| {
+                    WorkerError::ModelFailed(format!("stacking image features: {e}"))
+                })?)
+            };
         let request = SequenceRequest {
             tokens: item.tokens.clone(),
             images,
             image_keys: item.images.iter().map(|img| img.hash).collect(),
             params: item.params.clone(),
         };
-        guarded(|| self.engine.add(request)).map_err(ApiError::validation)
+        guarded(|| self.engine.add(request)).map_err(WorkerError::Refused)
     }
 
     fn step(&mut self) {
@@ -588,7 +589,9 @@ impl Worker {
             self.engine.remove(seq);
             let _ = slot
                 .events
-                .send(WorkerEvent::Error(ApiError::internal(message.clone())));
+                .send(WorkerEvent::Error(WorkerError::ModelFailed(
+                    message.clone(),
+                )));
         }
     }
 
@@ -651,11 +654,8 @@ impl WorkerShared {
     }
 }
 
-fn timeout_error() -> ApiError {
-    ApiError::new(
-        ErrorKind::Timeout,
-        "the request passed its deadline (server.request_timeout_s)",
-    )
+fn timeout_error() -> WorkerError {
+    WorkerError::DeadlinePassed
 }
 
 /// Runs a model call, turning both its error and a panic into a message.
