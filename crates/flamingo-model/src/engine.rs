@@ -305,39 +305,7 @@ impl Engine {
         num_images: usize,
         params: &GenerationParams,
     ) -> Result<()> {
-        let cfg = self.model.config();
-        let bad = |m: String| Err(ModelError::Input(m));
-        if tokens.is_empty() {
-            return bad("empty prompt".into());
-        }
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size()) {
-            return bad(format!("token id {t} is outside the vocabulary"));
-        }
-        let markers = tokens
-            .iter()
-            .filter(|&&t| t == self.model.image_token_id())
-            .count();
-        if markers != num_images {
-            return bad(format!(
-                "the prompt has {markers} <image> markers but {num_images} images"
-            ));
-        }
-        if params.max_new_tokens == 0 {
-            return bad("max_new_tokens must be at least 1".into());
-        }
-        if params.num_beams == 0 {
-            return bad("num_beams must be at least 1".into());
-        }
-        let total = tokens.len() + params.max_new_tokens;
-        if total > self.model.max_positions() {
-            return bad(format!(
-                "prompt ({} tokens) + max_new_tokens ({}) exceeds the model's {} positions",
-                tokens.len(),
-                params.max_new_tokens,
-                self.model.max_positions()
-            ));
-        }
-        Ok(())
+        self.model.spec().validate(tokens, num_images, params)
     }
 
     /// Adds a sequence; its prompt is processed by the next [`Engine::step`].

@@ -284,6 +284,19 @@ impl Flamingo {
         self.cfg.pixels
     }
 
+    /// The immutable facts request validation needs (no access to the weights).
+    pub fn spec(&self) -> crate::spec::ModelSpec {
+        crate::spec::ModelSpec {
+            vocab_size: self.cfg.vocab_size(),
+            image_token_id: self.image_token_id(),
+            end_of_chunk_token_id: self.end_of_chunk_token_id(),
+            pad_token_id: self.pad_token_id(),
+            max_positions: self.max_positions(),
+            pixels: self.cfg.pixels,
+            media_rule: self.cfg.media_rule,
+        }
+    }
+
     /// Checks that a tokenizer puts OpenFlamingo's added tokens where this model's embedding rows
     /// are (`<|endofchunk|>`, `<image>`, `<PAD>` = base vocabulary + 0/1/2) and yields no id past
     /// the model's vocabulary.

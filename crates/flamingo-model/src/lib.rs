@@ -18,6 +18,7 @@ pub(crate) mod perceiver;
 pub(crate) mod prefix_cache;
 pub mod preprocess;
 pub mod sampling;
+pub mod spec;
 pub mod tokenizer;
 pub(crate) mod vision;
 pub(crate) mod weights;
@@ -29,3 +30,4 @@ pub use flamingo::{
     resolve_config, Flamingo, LoadOptions, LogitsFor, PackedInput, SequenceState, Trace,
 };
 pub use paths::{ModelPaths, VisionWeights};
+pub use spec::ModelSpec;

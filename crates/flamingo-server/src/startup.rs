@@ -180,9 +180,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
     let prep = Arc::new(PrepContext {
         tokenizer: tokenizer.clone(),
         limits: cfg.limits.clone(),
-        max_positions: model.max_positions(),
-        checker: Engine::new(model.clone()),
-        pixels: model.pixel_spec(),
+        spec: model.spec(),
         max_prompt_bytes: cfg
             .limits
             .max_input_tokens
@@ -196,7 +194,8 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
             .encode_images_in_preprocessing
             .then(|| rayon::ThreadPoolBuilder::new().num_threads(1).build())
             .transpose()
-            .map_err(|e| format!("starting the image encoding thread: {e}"))?,
+            .map_err(|e| format!("starting the image encoding thread: {e}"))?
+            .map(|pool| (pool, Engine::new(model.clone()))),
     });
     let l = &cfg.limits;
     let worker = worker::spawn(
@@ -216,7 +215,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
     .map_err(|e| format!("starting the model worker: {e}"))?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
-        max_positions = prep.max_positions,
+        max_positions = prep.spec.max_positions,
         "model loaded"
     );
     let fetcher = crate::fetch::Fetcher::from_config(&cfg.server, &cfg.limits)?.map(Arc::new);

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flamingo_model::engine::{Engine, GenerationParams};
-use flamingo_model::preprocess::PixelSpec;
 use flamingo_model::sampling::SamplingParams;
 use flamingo_model::tokenizer::FlamingoTokenizer;
+use flamingo_model::ModelSpec;
 
 use crate::api::Parameters;
 use crate::budget::MemoryBudget;
@@ -25,11 +25,9 @@ use crate::worker::policy::KvShape;
 pub struct PrepContext {
     pub tokenizer: Arc<FlamingoTokenizer>,
     pub limits: Limits,
-    pub max_positions: usize,
-    /// Never stepped: only its `validate` (the model's rules for a sequence) is used.
-    pub checker: Engine,
-    /// Image size, mean and std the loaded model's files declare.
-    pub pixels: PixelSpec,
+    /// The loaded model's immutable facts (context, special ids, image preprocessing) and its
+    /// rules for a sequence; validation reads these and never touches the model itself.
+    pub spec: ModelSpec,
     /// Longest prompt text (bytes, images excluded) that could fit in `max_input_tokens`:
     /// anything longer is refused before the tokenizer sees it.
     pub max_prompt_bytes: usize,
@@ -41,8 +39,9 @@ pub struct PrepContext {
     /// Memory concurrent image decodes share (limits.preprocess_memory_bytes).
     pub decode_budget: MemoryBudget,
     /// Encode new images here rather than on the model worker (limits.encode_images_in_preprocessing),
-    /// on this one-thread pool: the kernels' shared pool stays with the worker's steps.
-    pub encode_images: Option<rayon::ThreadPool>,
+    /// with this model handle on this one-thread pool (the kernels' shared pool stays with the
+    /// worker's steps). The only part of preparation that runs the model.
+    pub encode_images: Option<(rayon::ThreadPool, Engine)>,
 }
 
 /// Validated parameters; `max_new_tokens` is settled once the prompt length is known.
@@ -289,7 +288,7 @@ pub fn prepare_text(
             ),
         ));
     }
-    let room = ctx.max_positions.saturating_sub(tokens.len());
+    let room = ctx.spec.max_positions.saturating_sub(tokens.len());
     let max_new_tokens = match resolved.max_new_tokens {
         Some(n) => n,
         None if room == 0 => {
@@ -298,19 +297,19 @@ pub fn prepare_text(
                 format!(
                     "the prompt has {} tokens and fills the model's {} positions",
                     tokens.len(),
-                    ctx.max_positions
+                    ctx.spec.max_positions
                 ),
             ))
         }
         None => l.default_max_new_tokens.min(room),
     };
-    if tokens.len() + max_new_tokens > ctx.max_positions {
+    if tokens.len() + max_new_tokens > ctx.spec.max_positions {
         return Err(bad(
             "max_new_tokens",
             format!(
                 "the prompt ({} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {} positions",
                 tokens.len(),
-                ctx.max_positions
+                ctx.spec.max_positions
             ),
         ));
     }
@@ -336,7 +335,7 @@ pub fn prepare_text(
         },
         top_n: resolved.top_n_tokens,
     };
-    ctx.checker
+    ctx.spec
         .validate(&tokens, n_images, &params)
         .map_err(|e| bad("inputs", e.to_string()))?;
     let kv_bytes = ctx
@@ -385,7 +384,7 @@ pub fn load_images(
         payloads,
         &ImageContext {
             limits: &ctx.limits,
-            spec: &ctx.pixels,
+            spec: &ctx.spec.pixels,
             cache: &ctx.cache,
             budget: &ctx.decode_budget,
             cancelled,
@@ -393,8 +392,8 @@ pub fn load_images(
             fetched,
         },
     )?;
-    if let Some(pool) = &ctx.encode_images {
-        pool.install(|| encode_new_images(&mut prepared.images, ctx))?;
+    if let Some((pool, encoder)) = &ctx.encode_images {
+        pool.install(|| encode_new_images(&mut prepared.images, encoder, ctx))?;
     }
     Ok(prepared)
 }
@@ -403,7 +402,11 @@ pub fn load_images(
 /// on the preprocessing thread, and caches their features: the model worker then never stops
 /// every stream in the batch to encode a newcomer's images (it only would for images another
 /// request evicted meanwhile, which it encodes itself).
-fn encode_new_images(images: &mut [ImageInput], ctx: &PrepContext) -> Result<(), ApiError> {
+fn encode_new_images(
+    images: &mut [ImageInput],
+    encoder: &Engine,
+    ctx: &PrepContext,
+) -> Result<(), ApiError> {
     let todo: Vec<usize> = (0..images.len())
         .filter(|&i| images[i].features.is_none())
         .filter(|&i| {
@@ -417,8 +420,7 @@ fn encode_new_images(images: &mut [ImageInput], ctx: &PrepContext) -> Result<(),
     }
     let started = Instant::now();
     let pixels: Vec<&[f32]> = todo.iter().map(|&i| images[i].pixels.as_slice()).collect();
-    let features = ctx
-        .checker
+    let features = encoder
         .encode_images(&pixels)
         .map_err(|e| ApiError::internal(format!("image encoding failed: {e}")))?;
     metrics::histogram!(crate::metrics::ENCODE_SECONDS).record(started.elapsed().as_secs_f64());
