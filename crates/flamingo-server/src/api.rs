@@ -2,7 +2,8 @@
 //! (a misspelt `max_tokens` silently ignored would surprise), but accept every field the TGI and
 //! huggingface_hub clients send, refusing only values this server cannot honour.
 
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 
 use crate::error::ApiError;
 
@@ -14,7 +15,7 @@ pub struct Parameters {
     pub temperature: Option<f64>,
     pub top_k: Option<i64>,
     pub top_p: Option<f64>,
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     pub stop: Option<Vec<String>>,
     /// Token ids that end generation, replacing the default (`</s>` and `<|endofchunk|>`);
     /// the v1 eval ends at `<|endofchunk|>` only.
@@ -114,11 +115,13 @@ pub struct Query {
 pub struct GenerateRequest {
     pub inputs: Option<String>,
     pub images: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "object")]
     pub parameters: Option<Parameters>,
     /// Sent by some TGI clients; the route decides whether the answer streams.
     pub stream: Option<bool>,
     pub task: Option<Task>,
     pub examples: Option<Vec<Example>>,
+    #[serde(default, deserialize_with = "object")]
     pub query: Option<Query>,
 }
 
@@ -136,10 +139,11 @@ pub struct ChatRequest {
     pub top_p: Option<f64>,
     /// Not OpenAI; vLLM accepts it too.
     pub top_k: Option<i64>,
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Option<StopField>,
     pub stream: Option<bool>,
+    #[serde(default, deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
@@ -189,7 +193,7 @@ pub struct CompletionRequest {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<i64>,
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     pub n: Option<u32>,
     pub stop: Option<StopField>,
     pub stop_token_ids: Option<Vec<u32>>,
@@ -198,6 +202,7 @@ pub struct CompletionRequest {
     pub logprobs: Option<u32>,
     pub echo: Option<bool>,
     pub stream: Option<bool>,
+    #[serde(default, deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
     pub suffix: Option<String>,
     pub best_of: Option<u32>,
@@ -220,8 +225,9 @@ pub enum PromptField {
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     pub inputs: String,
-    /// Sent by TGI clients (`parameters` of a generate request); ignored.
-    pub parameters: Option<serde_json::Value>,
+    /// Sent by TGI clients (`parameters` of a generate request): checked for shape, then ignored.
+    #[serde(default, deserialize_with = "object")]
+    pub parameters: Option<Parameters>,
     /// Whether `<s>` is added at the start (default true, as generation does).
     pub add_special_tokens: Option<bool>,
 }
@@ -277,4 +283,59 @@ pub enum Detail {
     Low,
     High,
     Auto,
+}
+
+/// An optional nested object, refusing every other JSON shape. serde's derived structs also
+/// accept an array of their fields in order (`"stream_options": [null]`), which the API does not
+/// document and no client means.
+fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => {
+            T::deserialize(v).map(Some).map_err(D::Error::custom)
+        }
+        Some(other) => Err(D::Error::custom(format!(
+            "invalid type: expected an object, got {}",
+            match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                _ => "a boolean",
+            }
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn nested_objects_refuse_the_array_form() {
+        let ok: ChatStreamProbe =
+            serde_json::from_str(r#"{"stream_options": {"include_usage": true}}"#).unwrap();
+        assert_eq!(ok.stream_options.unwrap().include_usage, Some(true));
+        let none: ChatStreamProbe = serde_json::from_str(r#"{"stream_options": null}"#).unwrap();
+        assert!(none.stream_options.is_none());
+        let absent: ChatStreamProbe = serde_json::from_str("{}").unwrap();
+        assert!(absent.stream_options.is_none());
+        let e = serde_json::from_str::<ChatStreamProbe>(r#"{"stream_options": [null, null]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected an object, got an array"), "{e}");
+        assert!(
+            serde_json::from_str::<GenerateRequest>(r#"{"inputs": "x", "parameters": [5]}"#)
+                .is_err()
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ChatStreamProbe {
+        #[serde(default, deserialize_with = "object")]
+        stream_options: Option<StreamOptions>,
+    }
 }

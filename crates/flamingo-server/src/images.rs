@@ -218,28 +218,31 @@ fn image_error(what: &str, e: ImageError) -> ApiError {
     ApiError::new(kind, format!("{what}: {e}"))
 }
 
-/// Decodes and preprocesses one image. The header is probed first, so an image whose header
-/// claims huge dimensions is refused (413) before any pixel buffer is allocated.
-pub fn load(
-    payload: &str,
-    limits: &Limits,
-    spec: &PixelSpec,
-    what: &str,
-) -> Result<ImageInput, ApiError> {
-    let bytes = payload_bytes(payload, limits, what)?;
-    let il = image_limits(limits);
-    preprocess::probe(&bytes, &il).map_err(|e| image_error(what, e))?;
-    let pixels = preprocess::preprocess(&bytes, &il, spec).map_err(|e| image_error(what, e))?;
-    Ok(ImageInput {
-        hash: Sha256::digest(&bytes).into(),
-        pixels: Arc::new(pixels),
-        features: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One payload through `load_all` with no cache and no other request around.
+    fn load(
+        payload: &str,
+        l: &Limits,
+        spec: &PixelSpec,
+        _what: &str,
+    ) -> Result<ImageInput, ApiError> {
+        let cache: SharedFeatureCache = Arc::new(std::sync::Mutex::new(
+            crate::worker::cache::FeatureCache::new(0),
+        ));
+        let cx = ImageContext {
+            limits: l,
+            spec,
+            cache: &cache,
+            budget: &MemoryBudget::new(1 << 30),
+            cancelled: &AtomicBool::new(false),
+            deadline: Instant::now() + std::time::Duration::from_secs(10),
+            fetched: &[],
+        };
+        load_all(&[payload.to_string()], &cx).map(|mut v| v.remove(0))
+    }
 
     const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
 

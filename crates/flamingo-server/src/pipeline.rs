@@ -89,16 +89,8 @@ where
         tracing::debug_span!("validate").in_scope(|| validation::resolve(params, &s.cfg.limits))?;
     let ticket = rt.worker.reserve()?;
     let deadline = arrived + Duration::from_secs(s.cfg.server.request_timeout_s);
-    let _counted = InFlight::enter(&s.in_flight);
-    let permit = tokio::time::timeout_at(deadline.into(), rt.prep_slots.clone().acquire_owned())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorKind::Timeout,
-                "the request passed its deadline waiting for a preprocessing slot",
-            )
-        })?
-        .map_err(|_| ApiError::internal("the preprocessing slots are closed"))?;
+    let in_flight = InFlight::enter(&s.in_flight);
+    let permit = preprocessing_slot(rt, deadline).await?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let prep = rt.prep.clone();
@@ -127,16 +119,7 @@ where
             let fetched = fetch::fetch_images(rt.fetcher.as_deref(), &payloads, deadline)
                 .instrument(tracing::debug_span!("fetch_images"))
                 .await?;
-            let permit =
-                tokio::time::timeout_at(deadline.into(), rt.prep_slots.clone().acquire_owned())
-                    .await
-                    .map_err(|_| {
-                        ApiError::new(
-                            ErrorKind::Timeout,
-                            "the request passed its deadline waiting for a preprocessing slot",
-                        )
-                    })?
-                    .map_err(|_| ApiError::internal("the preprocessing slots are closed"))?;
+            let permit = preprocessing_slot(rt, deadline).await?;
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 span2.in_scope(|| {
@@ -191,8 +174,24 @@ where
         prompt_tokens: prepared.tokens,
         resolved: prepared.resolved,
         affinity,
-        _in_flight: InFlight::enter(&s.in_flight),
+        _in_flight: in_flight,
     })
+}
+
+/// One of the `limits.preprocess_slots`, waited for until the request's deadline.
+async fn preprocessing_slot(
+    rt: &crate::state::Runtime,
+    deadline: Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout_at(deadline.into(), rt.prep_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::Timeout,
+                "the request passed its deadline waiting for a preprocessing slot",
+            )
+        })?
+        .map_err(|_| ApiError::internal("the preprocessing slots are closed"))
 }
 
 /// Counts a generation from validation to its last byte: the drain waits for these, not for

@@ -120,8 +120,9 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
         }
     }
     if let Some(r) = p.repetition_penalty {
-        // Subnormal values pass `> 0` but dividing by them overflows to infinity.
-        if !(r > 0.0 && r.is_normal()) {
+        // The model uses it as an f32: subnormal or out-of-range values would divide logits into
+        // infinities. Checked on the f64 the client sent, so no rounding lets one through.
+        if !(r > 0.0 && r <= f32::MAX as f64 && (r as f32).is_normal()) {
             return Err(bad(
                 "repetition_penalty",
                 format!("`repetition_penalty` must be a normal number > 0 (got {r:e})"),
@@ -208,7 +209,7 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             temperature: temperature.unwrap_or(1.0),
             top_k: p.top_k.map(|k| k as usize),
             top_p: p.top_p,
-            repetition_penalty: p.repetition_penalty,
+            repetition_penalty: p.repetition_penalty.map(|r| r as f32),
             seed: seed.unwrap_or(0),
         },
         max_new_tokens: max_new,

@@ -65,6 +65,15 @@ async fn a_huge_prompt_is_refused_by_size_before_tokenizing() {
             "{:?}",
             started.elapsed()
         );
+        // The same text on /tokenize meets the same bound.
+        let started = Instant::now();
+        let r = s.post("/tokenize", &body).await;
+        r.assert_error(422, "validation");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await
 }

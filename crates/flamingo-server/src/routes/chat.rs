@@ -146,10 +146,13 @@ pub async fn chat_completions(
     let messages = std::sync::Arc::new(std::mem::take(&mut req.messages));
     let render = move || render_chat(&messages);
     let mut gens = openai::start_choices(&s, &id.0, render, &p, n, "messages").await?;
-    let completion_id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let model = s.cfg.model.id.clone();
-    let created = openai::now_unix();
-    let prompt_tokens = gens[0].prompt_tokens.len();
+    let stream = req.stream.unwrap_or(false);
+    let object = if stream {
+        "chat.completion.chunk"
+    } else {
+        "chat.completion"
+    };
+    let head = openai::Head::new(&s, "chatcmpl", object, &gens);
     let want_logprobs = req.logprobs.unwrap_or(false);
     let logprobs = move |tokens: &[crate::session::TokenOut]| {
         if want_logprobs {
@@ -158,14 +161,7 @@ pub async fn chat_completions(
             Value::Null
         }
     };
-    if !req.stream.unwrap_or(false) {
-        let head = openai::Head {
-            id: &completion_id,
-            object: "chat.completion",
-            created,
-            model: &model,
-            prompt_tokens,
-        };
+    if !stream {
         return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
             json!({
                 "index": i,
@@ -176,18 +172,7 @@ pub async fn chat_completions(
         })
         .await;
     }
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    let head = openai::Head {
-        id: &completion_id,
-        object: "chat.completion.chunk",
-        created,
-        model: &model,
-        prompt_tokens,
-    };
+    let include_usage = openai::include_usage(req.stream_options.as_ref());
     let opening = (0..gens.len())
         .map(|i| (i, json!({"delta": {"role": "assistant", "content": ""}})))
         .collect();

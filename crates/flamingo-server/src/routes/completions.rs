@@ -89,10 +89,7 @@ pub async fn completions(
         })
     };
     let mut gens = openai::start_choices(&s, &id.0, render, &p, n, "prompt").await?;
-    let completion_id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let model = s.cfg.model.id.clone();
-    let created = openai::now_unix();
-    let prompt_tokens = gens[0].prompt_tokens.len();
+    let head = openai::Head::new(&s, "cmpl", "text_completion", &gens);
     let want_logprobs = req.logprobs.is_some();
     let echo = if req.echo == Some(true) {
         prompt
@@ -107,13 +104,6 @@ pub async fn completions(
         }
     };
     if !req.stream.unwrap_or(false) {
-        let head = openai::Head {
-            id: &completion_id,
-            object: "text_completion",
-            created,
-            model: &model,
-            prompt_tokens,
-        };
         return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
             json!({
                 "index": i,
@@ -124,18 +114,7 @@ pub async fn completions(
         })
         .await;
     }
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    let head = openai::Head {
-        id: &completion_id,
-        object: "text_completion",
-        created,
-        model: &model,
-        prompt_tokens,
-    };
+    let include_usage = openai::include_usage(req.stream_options.as_ref());
     let choices = gens.len();
     let opening = if echo.is_empty() {
         Vec::new()

@@ -31,7 +31,7 @@ pub struct Sampling<'a> {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<i64>,
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Option<&'a StopField>,
     pub stop_token_ids: Option<&'a Vec<u32>>,
@@ -181,12 +181,30 @@ pub fn merged(
 }
 
 /// What identifies a response of either OpenAI route.
-pub struct Head<'a> {
-    pub id: &'a str,
-    pub object: &'a str,
+pub struct Head {
+    pub id: String,
+    pub object: &'static str,
     pub created: u64,
-    pub model: &'a str,
+    pub model: String,
     pub prompt_tokens: usize,
+}
+
+impl Head {
+    /// A new response id (`{id_prefix}-…`), now, the served model, the prompt's size.
+    pub fn new(s: &AppState, id_prefix: &str, object: &'static str, gens: &[Generation]) -> Self {
+        Self {
+            id: format!("{id_prefix}-{}", uuid::Uuid::new_v4().simple()),
+            object,
+            created: now_unix(),
+            model: s.cfg.model.id.clone(),
+            prompt_tokens: gens[0].prompt_tokens.len(),
+        }
+    }
+}
+
+/// `stream_options.include_usage`, false when absent.
+pub fn include_usage(options: Option<&crate::api::StreamOptions>) -> bool {
+    options.and_then(|o| o.include_usage).unwrap_or(false)
 }
 
 /// A non-streamed response: every choice run to its end, shaped by `choice(index, final)`,
@@ -194,7 +212,7 @@ pub struct Head<'a> {
 pub async fn whole_response(
     gens: &mut [Generation],
     route: &str,
-    head: Head<'_>,
+    head: Head,
     choice: impl Fn(usize, &Final) -> Value,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -226,7 +244,7 @@ pub async fn whole_response(
 pub fn streamed_response(
     gens: Vec<Generation>,
     route: &'static str,
-    head: Head<'_>,
+    head: Head,
     include_usage: bool,
     want_logprobs: bool,
     opening: Vec<(usize, Value)>,

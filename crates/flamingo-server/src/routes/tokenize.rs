@@ -17,11 +17,31 @@ pub async fn tokenize(
     body: Result<Json<TokenizeRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = body?;
+    if let Some(p) = &req.parameters {
+        // Refused exactly as /generate would refuse them, though nothing is generated.
+        crate::validation::resolve(p, &s.cfg.limits)?;
+    }
     let rt = s.runtime()?;
+    // The tokenizer's time and memory grow with the text: the same size bound as generation
+    // (nothing longer can be a prompt), a preprocessing slot, and off the async threads.
+    if req.inputs.len() > rt.prep.max_prompt_bytes {
+        return Err(ApiError::validation(format!(
+            "`inputs` has {} bytes; no prompt over {} bytes fits in limits.max_input_tokens",
+            req.inputs.len(),
+            rt.prep.max_prompt_bytes
+        ))
+        .param("inputs"));
+    }
+    let permit = rt
+        .prep_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the preprocessing slots are closed"))?;
     let tokenizer = rt.tokenizer.clone();
     let add_special = req.add_special_tokens.unwrap_or(true);
-    // The tokenizer's time grows with the text: off the async threads.
     let tokens = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let text = req.inputs;
         tokenizer
             .encode_with_offsets(&text, add_special)
