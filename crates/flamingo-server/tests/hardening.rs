@@ -310,6 +310,17 @@ async fn hygiene_of_ids_errors_and_parameters() {
         r.assert_openai_error(422, "validation");
         assert_eq!(r.json["error"]["param"], "max_tokens", "{}", r.text);
         assert!(!r.text.contains("max_new_tokens"), "{}", r.text);
+        // Greedy (temperature 0) does not hide an out-of-range top_k / top_p.
+        for (field, value) in [("top_k", json!(0)), ("top_p", json!(0.0))] {
+            let mut body =
+                json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+            body[field] = value;
+            let r = s
+                .post_with(key(s.client.post(s.url("/v1/chat/completions"))).json(&body))
+                .await;
+            r.assert_openai_error(422, "validation");
+            assert_eq!(r.json["error"]["param"], field, "{}", r.text);
+        }
         // /v1 401s keep WWW-Authenticate.
         let r = s
             .post("/v1/chat/completions", &json!({"messages": []}))

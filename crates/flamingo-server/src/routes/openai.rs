@@ -71,6 +71,13 @@ pub fn params(s: &Sampling) -> Result<(Parameters, u32), ApiError> {
     if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
         return refuse("temperature", "must be between 0 and 2");
     }
+    // Checked here because temperature 0 drops them below, before validation would see them.
+    if s.top_k.is_some_and(|k| k < 1) {
+        return refuse("top_k", "must be >= 1");
+    }
+    if s.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return refuse("top_p", "must be > 0 and <= 1");
+    }
     let greedy = temperature == Some(0.0);
     let p = Parameters {
         max_new_tokens: s.max_tokens,
