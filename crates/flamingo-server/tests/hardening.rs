@@ -310,6 +310,13 @@ async fn hygiene_of_ids_errors_and_parameters() {
         r.assert_openai_error(422, "validation");
         assert_eq!(r.json["error"]["param"], "max_tokens", "{}", r.text);
         assert!(!r.text.contains("max_new_tokens"), "{}", r.text);
+        // max_completion_tokens winning does not hide an out-of-range max_tokens.
+        let r = s
+            .post_with(key(s.client.post(s.url("/v1/chat/completions"))).json(&json!({
+                "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2, "max_tokens": 100000})))
+            .await;
+        r.assert_openai_error(422, "validation");
+        assert_eq!(r.json["error"]["param"], "max_tokens", "{}", r.text);
         // Greedy (temperature 0) does not hide an out-of-range top_k / top_p.
         for (field, value) in [("top_k", json!(0)), ("top_p", json!(0.0))] {
             let mut body =

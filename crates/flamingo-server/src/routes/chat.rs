@@ -143,6 +143,16 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let Json(mut req) = body.map_err(|e| openai::body_error(e.into()))?;
     let (p, n) = params(&req)?;
+    // `max_completion_tokens` wins, but a `max_tokens` sent beside it is still checked.
+    if let (Some(_), Some(t)) = (req.max_completion_tokens, req.max_tokens) {
+        let max = s.cfg.limits.max_new_tokens;
+        if t == 0 || t as usize > max {
+            return refuse(
+                "max_tokens",
+                &format!("must be between 1 and {max} (got {t})"),
+            );
+        }
+    }
     let messages = std::sync::Arc::new(std::mem::take(&mut req.messages));
     let render = move || render_chat(&messages);
     let mut gens = openai::start_choices(&s, &id.0, render, &p, n, "messages").await?;
