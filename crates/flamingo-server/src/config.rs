@@ -126,7 +126,10 @@ pub struct ModelConfig {
 macro_rules! config_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum,
+            utoipa::ToSchema,
+        )]
         pub enum $name {
             $($(#[$vdoc])* #[serde(rename = $text)] #[value(name = $text)] $variant),+
         }
@@ -267,7 +270,7 @@ impl Default for Limits {
 }
 
 /// `[filter]`; mirrors [`FilterConfig`] so that unknown keys are refused here too.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterSection {
     pub mode: FilterMode,

@@ -10,7 +10,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::api::{ErrorBody, OpenAIErrorBody, OpenAIErrorDetail};
+
+/// Serialised as `error_type` (TGI shape) and `error.type` (OpenAI shape); the names are
+/// [`ErrorKind::as_str`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     InvalidRequest,
     Unauthorized,
@@ -25,7 +30,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, for the spec check against openapi.yaml.
+    /// Every kind.
     pub const ALL: [ErrorKind; 10] = [
         ErrorKind::InvalidRequest,
         ErrorKind::Unauthorized,
@@ -107,21 +112,26 @@ impl ApiError {
     }
 
     /// `{"error": "...", "error_type": "..."}` (TGI).
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": self.message, "error_type": self.kind.as_str()})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.message.clone(),
+            error_type: self.kind,
+        }
     }
 
     /// `{"error": {"message", "type", "param", "code"}}` (OpenAI).
-    pub fn openai_body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {
-            "message": self.message,
-            "type": self.kind.as_str(),
-            "param": self.param,
-            "code": null,
-        }})
+    pub fn openai_body(&self) -> OpenAIErrorBody {
+        OpenAIErrorBody {
+            error: OpenAIErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param.clone(),
+                code: None,
+            },
+        }
     }
 
-    fn response_with(&self, body: serde_json::Value) -> Response {
+    fn response_with(&self, body: impl serde::Serialize) -> Response {
         let mut response = (self.kind.status(), Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             response
@@ -220,17 +230,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kinds_serialise_as_their_names() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
     fn shapes_and_statuses() {
         let e = ApiError::validation("bad").param("top_p");
         assert_eq!(
-            e.body(),
+            serde_json::to_value(e.body()).unwrap(),
             serde_json::json!({"error": "bad", "error_type": "validation"})
         );
         assert_eq!(e.kind.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let o = ApiError::new(ErrorKind::Overloaded, "full").openai_body();
-        assert_eq!(o["error"]["type"], "overloaded");
-        assert_eq!(o["error"]["message"], "full");
-        assert_eq!(e.openai_body()["error"]["param"], "top_p");
+        let o = serde_json::to_value(ApiError::new(ErrorKind::Overloaded, "full").openai_body())
+            .unwrap();
+        assert_eq!(
+            o,
+            serde_json::json!({"error": {"message": "full", "type": "overloaded", "param": null, "code": null}})
+        );
+        assert_eq!(
+            serde_json::to_value(e.openai_body()).unwrap()["error"]["param"],
+            "top_p"
+        );
         let r = ApiError::new(ErrorKind::Overloaded, "full")
             .retry_after(2)
             .into_response();

@@ -22,7 +22,9 @@ use std::sync::OnceLock;
 use rustrict::{Censor, Trie, Type};
 
 /// What to do with output that is inappropriate at the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FilterMode {
     /// Mask offending words with `*`. Like rustrict by default, the first letter is kept
@@ -35,7 +37,9 @@ pub enum FilterMode {
 }
 
 /// The lowest rustrict severity that is acted on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Mild,
@@ -121,7 +125,7 @@ pub fn warm_up() {
 }
 
 /// Content filter settings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilterConfig {
     pub mode: FilterMode,

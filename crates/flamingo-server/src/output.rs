@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::filter::{ContentFilter, StreamFilter};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A generated token as the client sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub struct TokenOut {
     pub id: u32,
     /// The text this token released after filtering and stop-sequence handling; may be empty
@@ -41,7 +43,7 @@ pub struct TokenOut {
 
 /// One alternative of a step: TGI's token shape. `text` is the token's own text (its
 /// vocabulary piece with `▁` as a space; special tokens as their piece), not filtered context.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TopToken {
     pub id: u32,
     pub text: String,

@@ -10,14 +10,21 @@ use futures::Stream;
 
 use crate::error::ApiError;
 
-pub fn json(v: &serde_json::Value) -> Event {
-    Event::default().data(v.to_string())
+/// A `data:` event holding one response body.
+pub fn json(body: &impl serde::Serialize) -> Event {
+    Event::default().data(serde_json::to_string(body).unwrap_or_default())
 }
 
 /// `event: error` with the route family's error body.
 pub fn error(e: &ApiError, openai: bool) -> Event {
-    let body = if openai { e.openai_body() } else { e.body() };
-    Event::default().event("error").data(body.to_string())
+    let body = if openai {
+        serde_json::to_string(&e.openai_body())
+    } else {
+        serde_json::to_string(&e.body())
+    };
+    Event::default()
+        .event("error")
+        .data(body.unwrap_or_default())
 }
 
 pub fn response<S>(stream: S) -> Response

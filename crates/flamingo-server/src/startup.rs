@@ -10,8 +10,8 @@ use flamingo_model::engine::Engine;
 use flamingo_model::linear::Quantization;
 use flamingo_model::tokenizer::FlamingoTokenizer;
 use flamingo_model::{Flamingo, LoadOptions, MediaRule, ModelPaths, VisionWeights};
-use serde_json::json;
 
+use crate::api::{Architecture, LoadedModel};
 use crate::budget::MemoryBudget;
 use crate::config::{Config, DTypeName, MediaRuleName, QuantizationName, DEFAULT_MODEL_DIR};
 use crate::state::Runtime;
@@ -155,23 +155,20 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
     }
     let model = Arc::new(model);
     let mc = model.config();
-    let model_info = json!({
-        "model_id": cfg.model.id,
-        "dtype": cfg.model.dtype,
-        "device": cfg.model.device,
-        "quantization": cfg.model.quantization,
-        "media_rule": cfg.model.media_rule,
-        "max_positions": model.max_positions(),
-        "vocab_size": mc.vocab_size(),
-        "architecture": {
-            "vision_width": mc.vision.width,
-            "vision_layers": mc.vision.layers,
-            "image_size": mc.vision.image_size,
-            "hidden_size": mc.llama.hidden_size,
-            "layers": mc.llama.num_hidden_layers,
-            "cross_attn_every_n_layers": mc.cross_attn_every_n_layers,
+    let model_info = LoadedModel {
+        quantization: cfg.model.quantization,
+        media_rule: cfg.model.media_rule,
+        max_positions: model.max_positions(),
+        vocab_size: mc.vocab_size(),
+        architecture: Architecture {
+            vision_width: mc.vision.width,
+            vision_layers: mc.vision.layers,
+            image_size: mc.vision.image_size,
+            hidden_size: mc.llama.hidden_size,
+            layers: mc.llama.num_hidden_layers,
+            cross_attn_every_n_layers: mc.cross_attn_every_n_layers,
         },
-    });
+    };
     let kv = kv_shape(model.config(), model.dtype());
     let max_kv_bytes = kv_budget(cfg);
     let cache: SharedFeatureCache = Arc::new(Mutex::new(FeatureCache::new(

@@ -24,7 +24,7 @@ pub struct Runtime {
     /// Requests preprocessed at once (limits.preprocess_slots).
     pub prep_slots: Arc<tokio::sync::Semaphore>,
     /// The static part of `/info` (model, dtype, device, sizes).
-    pub model_info: serde_json::Value,
+    pub model_info: crate::api::LoadedModel,
     /// Image URL fetching; None when `server.allow_image_urls` is off.
     pub fetcher: Option<Arc<crate::fetch::Fetcher>>,
 }

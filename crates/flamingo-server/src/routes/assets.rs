@@ -47,10 +47,24 @@ fn serve(path: &str) -> Response {
     }
 }
 
+/// Web demo page
+///
+/// The web demo (caption, VQA, few-shot), served without an API key.
+#[utoipa::path(get, path = "/", tag = "demo", security(()),
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
     serve("index.html")
 }
 
+/// Web demo assets embedded in the binary (nested paths allowed)
+///
+/// The demo's files, each with its content type.
+#[utoipa::path(get, path = "/assets/{path}", tag = "demo", security(()),
+    params(("path" = String, Path, example = "app.js")),
+    responses(
+        (status = 200, description = "The file, with its content type"),
+        (status = 404, response = crate::api::openapi::ErrorResponse),
+    ))]
 pub async fn asset(Path(path): Path<String>) -> Response {
     serve(&path)
 }

@@ -11,11 +11,15 @@ use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::api::{ChatRequest, Parameters};
+use crate::api::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
+    ChatRequest, Parameters,
+};
 use crate::error::ApiError;
 use crate::pipeline::RequestId;
 use crate::prompt::render_chat;
-use crate::routes::openai::{self, refuse, Sampling};
+use crate::routes::openai::{self, refuse, Sampling, Update};
+use crate::session::TokenOut;
 use crate::state::AppState;
 
 const ROUTE: &str = "/v1/chat/completions";
@@ -136,6 +140,39 @@ fn params(req: &ChatRequest) -> Result<(Parameters, u32), ApiError> {
     })
 }
 
+/// OpenAI-compatible chat completions
+///
+/// Messages render into the interleaved prompt in order: an `image_url` part becomes `<image>`, a
+/// text part (or string content) its text, every `assistant` message is followed by
+/// `<|endofchunk|>`, `system`/`developer` text is put in as it is; nothing else is added. So
+/// `[{user: [image, "Output:"]}, {assistant: "A cat."}, {user: [image, "Output:"]}]` renders
+/// `<image>Output:A cat.<|endofchunk|><image>Output:`. Texts may not contain the markers
+/// themselves (422). `data:` image URLs are accepted; http(s) URLs only when the server fetches
+/// them (`server.allow_image_urls`, else 422); only user messages carry images. Greedy unless
+/// `temperature` (> 0) or `top_p` (< 1) is given; `temperature: 0` is greedy. `max_tokens` (or
+/// `max_completion_tokens`) defaults to the server's default, clamped to the context the prompt
+/// leaves. `model` is accepted and ignored. Optional fields accept `null`. `stream: true` sends
+/// `chat.completion.chunk` events (the first with `role`, then `content` deltas, then one with
+/// `finish_reason` and `filtered`, then a usage chunk if `stream_options.include_usage`) and
+/// `data: [DONE]`; a failure after the stream started is `event: error` with the OpenAI error
+/// body.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "A chat.completion object, or an event stream of chat.completion.chunk objects",
+            headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
+            content(
+                (ChatCompletion = "application/json"),
+                (ChatCompletionChunk = "text/event-stream"),
+            )),
+        (status = 400, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 401, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 413, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 422, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 429, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 503, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 504, response = crate::api::openapi::OpenAIErrorResponse),
+    ))]
 pub async fn chat_completions(
     State(s): State<AppState>,
     id: RequestId,
@@ -164,40 +201,56 @@ pub async fn chat_completions(
     };
     let head = openai::Head::new(&s, "chatcmpl", object, &gens);
     let want_logprobs = req.logprobs.unwrap_or(false);
-    let logprobs = move |tokens: &[crate::session::TokenOut]| {
-        if want_logprobs {
-            json!({"content": openai::chat_logprobs(tokens)})
-        } else {
-            Value::Null
-        }
-    };
+    let logprobs = move |tokens: &[TokenOut]| want_logprobs.then(|| openai::chat_logprobs(tokens));
     if !stream {
-        return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
-            json!({
-                "index": i,
-                "message": {"role": "assistant", "content": f.generated_text},
-                "finish_reason": f.finish_reason.openai(),
-                "logprobs": logprobs(&f.tokens),
-            })
+        return openai::whole_response::<ChatCompletion>(&mut gens, ROUTE, head, |i, f| {
+            ChatChoice {
+                index: i,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: f.generated_text.clone(),
+                },
+                finish_reason: f.finish_reason.openai(),
+                logprobs: logprobs(&f.tokens),
+            }
         })
         .await;
     }
     let include_usage = openai::include_usage(req.stream_options.as_ref());
     let opening = (0..gens.len())
-        .map(|i| (i, json!({"delta": {"role": "assistant", "content": ""}})))
+        .map(|index| ChatChunkChoice {
+            index,
+            delta: ChatDelta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            },
+            finish_reason: None,
+            logprobs: None,
+        })
         .collect();
-    let body = |text: Option<&str>| match text {
-        Some(t) => json!({"delta": {"content": t}}),
-        None => json!({"delta": {}}),
-    };
-    Ok(openai::streamed_response(
+    Ok(openai::streamed_response::<ChatCompletionChunk>(
         gens,
         ROUTE,
         head,
         include_usage,
         want_logprobs,
         opening,
-        body,
-        move |_, tokens, _| logprobs(tokens),
+        move |index, update| match update {
+            Update::Release { text, tokens } => ChatChunkChoice {
+                index,
+                delta: ChatDelta {
+                    role: None,
+                    content: Some(text.to_string()),
+                },
+                finish_reason: None,
+                logprobs: logprobs(tokens),
+            },
+            Update::End(reason) => ChatChunkChoice {
+                index,
+                delta: ChatDelta::default(),
+                finish_reason: Some(reason),
+                logprobs: None,
+            },
+        },
     ))
 }

@@ -13,6 +13,29 @@ use crate::pipeline::RequestId;
 use crate::routes::generate;
 use crate::state::AppState;
 
+/// TGI compatibility route (generate or stream, chosen by the body's `stream`)
+///
+/// What TGI serves at `/` and `huggingface_hub.InferenceClient(base_url).text_generation(...)`
+/// posts to. The body is a `/generate` body; `"stream": true` answers exactly as
+/// `/generate_stream` (server-sent events), anything else (false, null, absent) exactly as
+/// `/generate`. Needs the API key when keys are configured (unlike `GET /`).
+#[utoipa::path(post, path = "/", tag = "TGI",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "`stream` not true: the `/generate` response; `stream: true`: the `/generate_stream` event stream",
+            headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
+            content(
+                (crate::api::GenerateResponse = "application/json"),
+                (crate::api::StreamEvent = "text/event-stream"),
+            )),
+        (status = 400, response = crate::api::openapi::ErrorResponse),
+        (status = 401, response = crate::api::openapi::ErrorResponse),
+        (status = 413, response = crate::api::openapi::ErrorResponse),
+        (status = 422, response = crate::api::openapi::ErrorResponse),
+        (status = 429, response = crate::api::openapi::RetryResponse),
+        (status = 503, response = crate::api::openapi::RetryResponse),
+        (status = 504, response = crate::api::openapi::ErrorResponse),
+    ))]
 pub async fn compat_generate(
     state: State<AppState>,
     id: RequestId,

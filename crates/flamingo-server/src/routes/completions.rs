@@ -9,13 +9,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use serde_json::{json, Value};
 
-use crate::api::{CompletionRequest, GenerateRequest, Parameters, PromptField};
+use crate::api::{
+    Completion, CompletionChoice, CompletionRequest, GenerateRequest, Parameters, PromptField,
+};
 use crate::error::ApiError;
 use crate::pipeline::RequestId;
 use crate::prompt::render_generate;
-use crate::routes::openai::{self, refuse, Sampling};
+use crate::routes::openai::{self, refuse, Sampling, Update};
 use crate::session::TokenOut;
 use crate::state::AppState;
 
@@ -73,6 +74,29 @@ fn params(req: &CompletionRequest) -> Result<(Parameters, u32), ApiError> {
     })
 }
 
+/// OpenAI-compatible legacy completions
+///
+/// `prompt` in this server's format with inline markdown images; `object: text_completion`.
+/// `stream: true` sends `text_completion` chunks (choices interleaved, each with its `index`;
+/// then, with `stream_options.include_usage`, a chunk with `choices: []` and `usage`) and
+/// `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/completions", tag = "OpenAI",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A text_completion object, or an event stream of them",
+            headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
+            content(
+                (Completion = "application/json"),
+                (Completion = "text/event-stream"),
+            )),
+        (status = 400, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 401, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 413, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 422, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 429, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 503, response = crate::api::openapi::OpenAIErrorResponse),
+        (status = 504, response = crate::api::openapi::OpenAIErrorResponse),
+    ))]
 pub async fn completions(
     State(s): State<AppState>,
     id: RequestId,
@@ -97,20 +121,16 @@ pub async fn completions(
         String::new()
     };
     let logprobs = move |tokens: &[TokenOut], offset: usize| {
-        if want_logprobs {
-            openai::legacy_logprobs(tokens, offset)
-        } else {
-            Value::Null
-        }
+        want_logprobs.then(|| openai::legacy_logprobs(tokens, offset))
     };
     if !req.stream.unwrap_or(false) {
-        return openai::whole_response(&mut gens, ROUTE, head, |i, f| {
-            json!({
-                "index": i,
-                "text": format!("{echo}{}", f.generated_text),
-                "finish_reason": f.finish_reason.openai(),
-                "logprobs": logprobs(&f.tokens, echo.len()),
-            })
+        return openai::whole_response::<Completion>(&mut gens, ROUTE, head, |index, f| {
+            CompletionChoice {
+                index,
+                text: format!("{echo}{}", f.generated_text),
+                finish_reason: Some(f.finish_reason.openai()),
+                logprobs: logprobs(&f.tokens, echo.len()),
+            }
         })
         .await;
     }
@@ -119,23 +139,41 @@ pub async fn completions(
     let opening = if echo.is_empty() {
         Vec::new()
     } else {
-        (0..choices).map(|i| (i, json!({"text": echo}))).collect()
+        (0..choices)
+            .map(|index| CompletionChoice {
+                index,
+                text: echo.clone(),
+                finish_reason: None,
+                logprobs: None,
+            })
+            .collect()
     };
-    let body = |text: Option<&str>| json!({"text": text.unwrap_or("")});
     // Text sent per choice so far (legacy `text_offset` counts from the echoed prompt).
     let mut sent = vec![echo.len(); choices];
-    Ok(openai::streamed_response(
+    Ok(openai::streamed_response::<Completion>(
         gens,
         ROUTE,
         head,
         include_usage,
         want_logprobs,
         opening,
-        body,
-        move |index, tokens, text| {
-            let lp = logprobs(tokens, sent[index]);
-            sent[index] += text.len();
-            lp
+        move |index, update| match update {
+            Update::Release { text, tokens } => {
+                let lp = logprobs(tokens, sent[index]);
+                sent[index] += text.len();
+                CompletionChoice {
+                    index,
+                    text: text.to_string(),
+                    finish_reason: None,
+                    logprobs: lp,
+                }
+            }
+            Update::End(reason) => CompletionChoice {
+                index,
+                text: String::new(),
+                finish_reason: Some(reason),
+                logprobs: None,
+            },
         },
     ))
 }

@@ -7,9 +7,8 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
-use crate::api::GenerateRequest;
+use crate::api::{Details, GenerateRequest, GenerateResponse, PrefillToken, StreamEvent};
 use crate::error::ApiError;
 use crate::pipeline::{self, Generation, RequestId};
 use crate::prompt::render_generate;
@@ -26,6 +25,28 @@ async fn begin(
     pipeline::start(s, &id.0, move || render_generate(&req), &params).await
 }
 
+/// Generate text (TGI-compatible)
+///
+/// Either `inputs` (+ `images`, or TGI's inline markdown images `![](data:...)`, each becoming
+/// `<image>` in place) or the few-shot form (`task`, `examples`, `query`), rendered server-side.
+/// Greedy unless sampling is asked for (`do_sample`, or `temperature` != 1, `top_k`, `top_p` < 1,
+/// as in TGI); `num_beams` > 1 runs beam search (deterministic). Stop sequences are cut from the
+/// text (not included).
+#[utoipa::path(post, path = "/generate", tag = "TGI",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Generated text", body = GenerateResponse, headers(
+            ("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)"),
+            ("server-timing" = String, description = "The same durations as x-timings in Server-Timing syntax (prepare, queue, generate, total)"),
+        )),
+        (status = 400, response = crate::api::openapi::ErrorResponse),
+        (status = 401, response = crate::api::openapi::ErrorResponse),
+        (status = 413, response = crate::api::openapi::ErrorResponse),
+        (status = 422, response = crate::api::openapi::ErrorResponse),
+        (status = 429, response = crate::api::openapi::RetryResponse),
+        (status = 503, response = crate::api::openapi::RetryResponse),
+        (status = 504, response = crate::api::openapi::ErrorResponse),
+    ))]
 pub async fn generate(
     State(s): State<AppState>,
     id: RequestId,
@@ -43,32 +64,40 @@ pub async fn generate(
     } else {
         f.generated_text.clone()
     };
-    let mut body = json!({"generated_text": generated_text, "filtered": f.filtered});
-    if r.details {
+    let details = if r.details {
         let rt = s.runtime()?;
-        let prefill: Vec<Value> = if r.decoder_input_details {
-            // Prompt tokens are the client's own input; their log-probabilities would cost a
-            // second forward pass, so they are null.
+        let prefill: Vec<PrefillToken> = if r.decoder_input_details {
             g.prompt_tokens
                 .iter()
-                .map(|&t| json!({"id": t, "text": rt.tokenizer.token_piece(t), "logprob": null, "special": rt.tokenizer.is_special(t)}))
+                .map(|&t| PrefillToken {
+                    id: t,
+                    text: rt.tokenizer.token_piece(t),
+                    logprob: None,
+                    special: rt.tokenizer.is_special(t),
+                })
                 .collect()
         } else {
             Vec::new()
         };
-        body["details"] = json!({
-            "finish_reason": f.finish_reason.as_str(),
-            "generated_tokens": f.generated_tokens,
-            "seed": r.seed,
-            "tokens": f.tokens,
-            "prefill": prefill,
-        });
-        if r.top_n_tokens > 0 {
-            // TGI: one list per generated token, as the output gate released them.
-            body["details"]["top_tokens"] =
-                json!(f.tokens.iter().map(|t| &t.top_tokens).collect::<Vec<_>>());
-        }
-    }
+        // TGI: one list per generated token, as the output gate released them.
+        let top_tokens =
+            (r.top_n_tokens > 0).then(|| f.tokens.iter().map(|t| t.top_tokens.clone()).collect());
+        Some(Details {
+            finish_reason: f.finish_reason.as_str(),
+            generated_tokens: f.generated_tokens,
+            seed: r.seed,
+            tokens: Some(f.tokens.clone()),
+            prefill: Some(prefill),
+            top_tokens,
+        })
+    } else {
+        None
+    };
+    let body = GenerateResponse {
+        generated_text,
+        filtered: f.filtered,
+        details,
+    };
     let mut response = Json(body).into_response();
     timing_headers(&mut response, &g);
     Ok(response)
@@ -99,6 +128,29 @@ pub fn timing_headers(response: &mut Response, g: &Generation) {
     }
 }
 
+/// Generate text as server-sent events (TGI event shape)
+///
+/// Same request as `/generate`. One `data:` event per generated token (`{"index", "token",
+/// "generated_text": null, "details": null}`; `token.text` is already filtered and may be empty
+/// while text is held back: a word the filter may still mask, or a possible stop sequence). The
+/// last token's event is the final one: `generated_text` (the whole filtered text; empty when
+/// blocked), `details` (`finish_reason`, `generated_tokens`, `seed`) and `filtered`; its
+/// `token.text` includes any flushed remainder, so the token texts add up to `generated_text`. A
+/// failure after the stream started is sent as `event: error` with `{"error", "error_type"}`, then
+/// the stream ends. Errors before the stream (validation, 429, 503) are plain JSON responses.
+/// `num_beams > 1` is refused (422). Keep-alive comments every 15 s; `X-Accel-Buffering: no`.
+/// Closing the connection stops the generation at the next step.
+#[utoipa::path(post, path = "/generate_stream", tag = "TGI",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Event stream", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 400, response = crate::api::openapi::ErrorResponse),
+        (status = 401, response = crate::api::openapi::ErrorResponse),
+        (status = 413, response = crate::api::openapi::ErrorResponse),
+        (status = 422, response = crate::api::openapi::ErrorResponse),
+        (status = 429, response = crate::api::openapi::RetryResponse),
+        (status = 503, response = crate::api::openapi::RetryResponse),
+    ))]
 pub async fn generate_stream(
     State(s): State<AppState>,
     id: RequestId,
@@ -132,27 +184,36 @@ pub async fn generate_stream(
             let last = if step.end.is_some() { tokens.pop() } else { None };
             for t in tokens {
                 index += 1;
-                let mut event = json!({"index": index, "token": t, "generated_text": null, "details": null});
-                if want_top {
-                    event["top_tokens"] = json!(t.top_tokens);
-                }
-                yield Ok(sse::json(&event));
+                let top_tokens = want_top.then(|| t.top_tokens.clone());
+                yield Ok(sse::json(&StreamEvent {
+                    index,
+                    token: Some(t),
+                    generated_text: None,
+                    details: None,
+                    filtered: None,
+                    top_tokens,
+                }));
             }
             if let Some(f) = step.end {
                 index += 1;
                 g.log_finished("/generate_stream", &f);
-                let top = last.as_ref().map(|t| t.top_tokens.clone()).unwrap_or_default();
-                let mut event = json!({
-                    "index": index,
-                    "token": last.map(|t| json!(t)).unwrap_or(Value::Null),
-                    "generated_text": f.generated_text,
-                    "details": {"finish_reason": f.finish_reason.as_str(), "generated_tokens": f.generated_tokens, "seed": seed},
-                    "filtered": f.filtered,
-                });
-                if want_top {
-                    event["top_tokens"] = json!(top);
-                }
-                yield Ok(sse::json(&event));
+                let top_tokens = want_top
+                    .then(|| last.as_ref().map(|t| t.top_tokens.clone()).unwrap_or_default());
+                yield Ok(sse::json(&StreamEvent {
+                    index,
+                    token: last,
+                    generated_text: Some(f.generated_text),
+                    details: Some(Details {
+                        finish_reason: f.finish_reason.as_str(),
+                        generated_tokens: f.generated_tokens,
+                        seed,
+                        tokens: None,
+                        prefill: None,
+                        top_tokens: None,
+                    }),
+                    filtered: Some(f.filtered),
+                    top_tokens,
+                }));
                 break;
             }
         }

@@ -1,5 +1,6 @@
-//! HTTP routes. [`ROUTES`] is the one table the router is built from; the test below compares it
-//! with the paths and methods of `openapi.yaml`, so the spec cannot drift from the server.
+//! HTTP routes. [`ROUTES`] is the one table the router is built from; a test in `api::openapi`
+//! compares it with the operations of the generated OpenAPI document (the handlers'
+//! `#[utoipa::path]` annotations), so the spec cannot drift from the server.
 
 pub mod assets;
 pub mod chat;
@@ -115,83 +116,6 @@ async fn method_not_allowed(uri: Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
-
-    const SPEC: &str = include_str!("../../../../openapi.yaml");
-
-    fn spec() -> serde_norway::Value {
-        serde_norway::from_str(SPEC).expect("openapi.yaml is valid YAML")
-    }
-
-    #[test]
-    fn router_and_openapi_list_the_same_operations() {
-        let spec = spec();
-        let paths = spec["paths"].as_mapping().expect("paths");
-        let mut documented = BTreeSet::new();
-        for (path, item) in paths {
-            for (method, _) in item.as_mapping().expect("path item") {
-                let method = method.as_str().unwrap();
-                if ["get", "post", "put", "delete", "patch", "options", "head"].contains(&method) {
-                    documented.insert((method.to_uppercase(), path.as_str().unwrap().to_string()));
-                }
-            }
-        }
-        let served: BTreeSet<_> = ROUTES
-            .iter()
-            .map(|r| (r.method.to_string(), r.path.to_string()))
-            .collect();
-        assert_eq!(
-            served, documented,
-            "the router (ROUTES) and openapi.yaml list different operations"
-        );
-    }
-
-    #[test]
-    fn every_operation_documents_its_responses_and_refs_resolve() {
-        let spec = spec();
-        for (path, item) in spec["paths"].as_mapping().unwrap() {
-            for (method, op) in item.as_mapping().unwrap() {
-                let responses = op["responses"].as_mapping();
-                assert!(
-                    responses.is_some_and(|r| !r.is_empty()),
-                    "{method:?} {path:?} has no responses"
-                );
-                assert!(
-                    op["summary"].as_str().is_some(),
-                    "{method:?} {path:?} has no summary"
-                );
-            }
-        }
-        // Every `$ref` points at something defined.
-        for line in SPEC.lines() {
-            let Some(rest) = line.split("$ref: \"#/").nth(1) else {
-                continue;
-            };
-            let target = rest.split('"').next().unwrap();
-            let mut node = &spec;
-            for part in target.split('/') {
-                node = &node[part];
-            }
-            assert!(!node.is_null(), "dangling $ref #/{target}");
-        }
-    }
-
-    #[test]
-    fn error_kinds_match_the_spec() {
-        let spec = spec();
-        let documented: BTreeSet<String> = spec["components"]["schemas"]["Error"]["properties"]
-            ["error_type"]["enum"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
-        let kinds: BTreeSet<String> = crate::error::ErrorKind::ALL
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect();
-        assert_eq!(kinds, documented);
-    }
 
     #[test]
     fn every_route_has_a_handler_and_public_paths_are_exact() {

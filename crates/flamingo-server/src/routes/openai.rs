@@ -8,9 +8,12 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::api::{Parameters, StopField};
+use crate::api::{
+    ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, Envelope, Frame, LegacyLogprobs, Parameters,
+    StopField, Usage,
+};
 use crate::error::ApiError;
 use crate::pipeline::{self, Generation};
 use crate::prompt::Rendered;
@@ -187,12 +190,9 @@ pub fn merged(
     Box::pin(futures::stream::select_all(streams))
 }
 
-/// What identifies a response of either OpenAI route.
+/// What identifies a response of either OpenAI route, and the prompt's size (for usage).
 pub struct Head {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
+    pub frame: Frame,
     pub prompt_tokens: usize,
 }
 
@@ -200,10 +200,12 @@ impl Head {
     /// A new response id (`{id_prefix}-…`), now, the served model, the prompt's size.
     pub fn new(s: &AppState, id_prefix: &str, object: &'static str, gens: &[Generation]) -> Self {
         Self {
-            id: format!("{id_prefix}-{}", uuid::Uuid::new_v4().simple()),
-            object,
-            created: now_unix(),
-            model: s.cfg.model.id.clone(),
+            frame: Frame {
+                id: format!("{id_prefix}-{}", uuid::Uuid::new_v4().simple()),
+                object,
+                created: now_unix(),
+                model: s.cfg.model.id.clone(),
+            },
             prompt_tokens: gens[0].prompt_tokens.len(),
         }
     }
@@ -216,72 +218,71 @@ pub fn include_usage(options: Option<&crate::api::StreamOptions>) -> bool {
 
 /// A non-streamed response: every choice run to its end, shaped by `choice(index, final)`,
 /// with the usage summed over the choices.
-pub async fn whole_response(
+pub async fn whole_response<E: Envelope>(
     gens: &mut [Generation],
     route: &str,
     head: Head,
-    choice: impl Fn(usize, &Final) -> Value,
+    choice: impl Fn(usize, &Final) -> E::Choice,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let finals = collect_all(gens, route).await?;
-    let choices: Vec<Value> = finals
+    let choices = finals
         .iter()
         .enumerate()
         .map(|(i, f)| choice(i, f))
         .collect();
     let completion: usize = finals.iter().map(|f| f.generated_tokens).sum();
-    let body = json!({
-        "id": head.id, "object": head.object, "created": head.created, "model": head.model,
-        "system_fingerprint": null,
-        "choices": choices,
-        "usage": usage(head.prompt_tokens, completion),
-        "filtered": finals.iter().any(|f| f.filtered),
-    });
+    let mut body = E::new(&head.frame, choices);
+    body.set_usage(Some(Usage::new(head.prompt_tokens, completion)));
+    body.set_filtered(finals.iter().any(|f| f.filtered));
     let mut response = axum::Json(body).into_response();
     crate::routes::generate::timing_headers(&mut response, &gens[0]);
     Ok(response)
 }
 
-/// A streamed response: the `opening` choice bodies first (chat's role, completions' echo), then
-/// one chunk per release of a choice — `body(Some(text))` with `logprobs(index, tokens, text)`
-/// when it has text (or log-probabilities to show) — then each choice's final chunk
-/// (`body(None)` with its finish reason), the usage chunk when asked, and `[DONE]` (also after
-/// an error event: clients wait for it).
-#[allow(clippy::too_many_arguments)]
-pub fn streamed_response(
+/// What a stream chunk tells about one choice.
+pub enum Update<'a> {
+    /// Text the output gate released (may be empty when only log-probabilities are shown), with
+    /// the tokens it came from.
+    Release {
+        text: &'a str,
+        tokens: &'a [TokenOut],
+    },
+    /// The choice ended, for this reason (OpenAI's name).
+    End(&'static str),
+}
+
+/// A streamed response: the `opening` choices first (chat's role, completions' echo), then one
+/// chunk per release of a choice (when it has text, or log-probabilities to show), then each
+/// choice's final chunk (with `filtered`), the usage chunk when asked, and `[DONE]` (also after
+/// an error event: clients wait for it). `choice(index, update)` shapes each chunk's choice.
+pub fn streamed_response<E: Envelope>(
     gens: Vec<Generation>,
     route: &'static str,
     head: Head,
     include_usage: bool,
     want_logprobs: bool,
-    opening: Vec<(usize, Value)>,
-    body: impl Fn(Option<&str>) -> Value + Send + 'static,
-    mut logprobs: impl FnMut(usize, &[TokenOut], &str) -> Value + Send + 'static,
+    opening: Vec<E::Choice>,
+    mut choice: impl FnMut(usize, Update<'_>) -> E::Choice + Send + 'static,
 ) -> axum::response::Response {
     use futures::StreamExt;
     let affinity = gens[0].affinity.clone();
     let choices = gens.len();
-    let prompt_tokens = head.prompt_tokens;
-    let mut frame = json!({
-        "id": head.id, "object": head.object, "created": head.created, "model": head.model,
-        "system_fingerprint": null,
-    });
-    if include_usage {
-        frame["usage"] = Value::Null;
-    }
-    let chunk = move |index: usize, fields: Value, reason: Option<&str>, lp: Value| {
-        let mut choice = json!({"index": index, "finish_reason": reason, "logprobs": lp});
-        if let (Some(c), Some(f)) = (choice.as_object_mut(), fields.as_object()) {
-            c.extend(f.clone());
+    let Head {
+        frame,
+        prompt_tokens,
+    } = head;
+    let chunk = move |choices: Vec<E::Choice>| {
+        let mut c = E::new(&frame, choices);
+        if include_usage {
+            c.set_usage(None);
         }
-        let mut c = frame.clone();
-        c["choices"] = json!([choice]);
         c
     };
     let mut steps = merged(gens, route);
     let stream = async_stream::stream! {
-        for (index, fields) in opening {
-            yield Ok::<_, std::convert::Infallible>(crate::sse::json(&chunk(index, fields, None, Value::Null)));
+        for c in opening {
+            yield Ok::<_, std::convert::Infallible>(crate::sse::json(&chunk(vec![c])));
         }
         let (mut finished, mut completion, mut filtered) = (0, 0, false);
         while let Some((index, step)) = steps.next().await {
@@ -296,22 +297,21 @@ pub fn streamed_response(
             // token in it (a token may carry no text of its own; its text left with a later one).
             let text: String = step.tokens.iter().map(|t| t.text.as_str()).collect();
             if !text.is_empty() || (want_logprobs && text_tokens(&step.tokens).next().is_some()) {
-                let lp = logprobs(index, &step.tokens, &text);
-                yield Ok(crate::sse::json(&chunk(index, body(Some(&text)), None, lp)));
+                let update = Update::Release { text: &text, tokens: &step.tokens };
+                yield Ok(crate::sse::json(&chunk(vec![choice(index, update)])));
             }
             if let Some(f) = step.end {
-                let mut last = chunk(index, body(None), Some(f.finish_reason.openai()), Value::Null);
-                last["filtered"] = json!(f.filtered);
+                let mut last = chunk(vec![choice(index, Update::End(f.finish_reason.openai()))]);
+                last.set_filtered(f.filtered);
                 yield Ok(crate::sse::json(&last));
                 finished += 1;
                 completion += f.generated_tokens;
                 filtered |= f.filtered;
                 if finished == choices {
                     if include_usage {
-                        let mut u = chunk(0, json!({}), None, Value::Null);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage(prompt_tokens, completion);
-                        u["filtered"] = json!(filtered);
+                        let mut u = chunk(Vec::new());
+                        u.set_usage(Some(Usage::new(prompt_tokens, completion)));
+                        u.set_filtered(filtered);
                         yield Ok(crate::sse::json(&u));
                     }
                     break;
@@ -325,46 +325,53 @@ pub fn streamed_response(
     response
 }
 
-/// Usage over all choices: the prompt counts once (as OpenAI counts it), completions add up.
-pub fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
 /// Tokens that stand for text in OpenAI's logprobs (special tokens such as `</s>` add none).
 pub fn text_tokens(tokens: &[TokenOut]) -> impl Iterator<Item = &TokenOut> {
     tokens.iter().filter(|t| !t.special)
 }
 
-/// Chat's `logprobs.content` entries.
-pub fn chat_logprobs(tokens: &[TokenOut]) -> Vec<Value> {
-    text_tokens(tokens)
-        .map(|t| {
-            json!({
-                "token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes(),
-                "top_logprobs": t.top_tokens.iter().map(|a| json!({
-                    "token": a.text, "logprob": a.logprob, "bytes": a.text.as_bytes(),
-                })).collect::<Vec<_>>(),
-            })
+/// Chat's `logprobs`.
+pub fn chat_logprobs(tokens: &[TokenOut]) -> ChatLogprobs {
+    let content = text_tokens(tokens)
+        .map(|t| ChatTokenLogprob {
+            token: t.text.clone(),
+            logprob: t.logprob,
+            bytes: t.text.as_bytes().to_vec(),
+            top_logprobs: t
+                .top_tokens
+                .iter()
+                .map(|a| ChatTopLogprob {
+                    token: a.text.clone(),
+                    logprob: a.logprob,
+                    bytes: a.text.as_bytes().to_vec(),
+                })
+                .collect(),
         })
-        .collect()
+        .collect();
+    ChatLogprobs { content }
 }
 
 /// Legacy completions' `logprobs` object; `offset` is where the tokens' text starts in `text`.
-pub fn legacy_logprobs(tokens: &[TokenOut], mut offset: usize) -> Value {
-    let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+pub fn legacy_logprobs(tokens: &[TokenOut], mut offset: usize) -> LegacyLogprobs {
+    let mut lp = LegacyLogprobs {
+        tokens: Vec::new(),
+        token_logprobs: Vec::new(),
+        top_logprobs: Vec::new(),
+        text_offset: Vec::new(),
+    };
     for t in text_tokens(tokens) {
-        texts.push(json!(t.text));
-        lps.push(json!(t.logprob));
-        let top: serde_json::Map<String, Value> = t
-            .top_tokens
-            .iter()
-            .map(|a| (a.text.clone(), json!(a.logprob)))
-            .collect();
-        tops.push(Value::Object(top));
-        offsets.push(json!(offset));
+        lp.tokens.push(t.text.clone());
+        lp.token_logprobs.push(t.logprob);
+        lp.top_logprobs.push(
+            t.top_tokens
+                .iter()
+                .map(|a| (a.text.clone(), a.logprob))
+                .collect(),
+        );
+        lp.text_offset.push(offset);
         offset += t.text.len();
     }
-    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+    lp
 }
 
 pub fn now_unix() -> u64 {

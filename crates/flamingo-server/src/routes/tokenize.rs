@@ -6,16 +6,30 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
 
-use crate::api::TokenizeRequest;
+use crate::api::{TokenSpan, TokenizeRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Tokenize a prompt (TGI)
+///
+/// The tokens generation would see for `inputs` (`<image>` and `<|endofchunk|>` are single
+/// special tokens; markdown images are not extracted), each with its byte range in `inputs` and
+/// that range's text. `<s>` is first (empty range at 0) unless `add_special_tokens` is false.
+#[utoipa::path(post, path = "/tokenize", tag = "TGI",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, description = "The tokens", body = Vec<TokenSpan>),
+        (status = 400, response = crate::api::openapi::ErrorResponse),
+        (status = 401, response = crate::api::openapi::ErrorResponse),
+        (status = 413, response = crate::api::openapi::ErrorResponse),
+        (status = 422, response = crate::api::openapi::ErrorResponse),
+        (status = 503, response = crate::api::openapi::RetryResponse),
+    ))]
 pub async fn tokenize(
     State(s): State<AppState>,
     body: Result<Json<TokenizeRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TokenSpan>>, ApiError> {
     let Json(req) = body?;
     if let Some(p) = &req.parameters {
         // Refused exactly as /generate would refuse them, though nothing is generated.
@@ -50,7 +64,12 @@ pub async fn tokenize(
                     .into_iter()
                     .map(|(id, (start, stop))| {
                         let piece = text.get(start..stop).unwrap_or_default();
-                        json!({"id": id, "text": piece, "start": start, "stop": stop})
+                        TokenSpan {
+                            id,
+                            text: piece.to_string(),
+                            start,
+                            stop,
+                        }
                     })
                     .collect::<Vec<_>>()
             })
@@ -58,5 +77,5 @@ pub async fn tokenize(
     .await
     .map_err(|e| ApiError::internal(format!("the tokenizer task failed: {e}")))?
     .map_err(|e| ApiError::validation(format!("cannot tokenize `inputs`: {e}")).param("inputs"))?;
-    Ok(Json(Value::Array(tokens)))
+    Ok(Json(tokens))
 }

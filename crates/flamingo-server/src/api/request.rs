@@ -4,38 +4,87 @@
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
 
+use super::schemas as s;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Base64 image (PNG, JPEG, WebP, GIF first frame, BMP), a `data:image/...;base64,` URL, or an
+/// http(s) URL when the server fetches image URLs (`server.allow_image_urls`; otherwise 422).
+pub struct Image;
+
+impl utoipa::PartialSchema for Image {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        s::image().into()
+    }
+}
+
+impl ToSchema for Image {}
+
+/// All fields optional and nullable; unknown fields are refused (422). The TGI fields this
+/// server does not implement are accepted with their neutral values only (`best_of` 1,
+/// `typical_p` 1, `watermark` false, `truncate` null, `frequency_penalty` 0, `grammar` null,
+/// `adapter_id` null).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Parameters {
+    /// Default `limits.default_max_new_tokens` (20), clamped to the context the prompt leaves.
+    #[schema(minimum = 1, maximum = 512)]
     pub max_new_tokens: Option<u32>,
+    #[schema(default = false)]
     pub do_sample: Option<bool>,
+    /// Below 1e-5 decodes greedily.
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 1)]
     pub top_k: Option<i64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(schema_with = s::repetition_penalty)]
     pub repetition_penalty: Option<f64>,
+    #[schema(schema_with = s::stop_list)]
     pub stop: Option<Vec<String>>,
-    /// Token ids that end generation, replacing the default (`</s>` and `<|endofchunk|>`);
-    /// the v1 eval ends at `<|endofchunk|>` only.
+    #[schema(schema_with = s::stop_token_ids)]
     pub stop_token_ids: Option<Vec<u32>>,
+    /// Sampling seed; a random one is drawn and reported when sampling without one.
     pub seed: Option<u64>,
+    /// > 1: beam search (not with sampling, not on the stream route).
+    #[schema(minimum = 1, maximum = 8, default = 1)]
     pub num_beams: Option<u32>,
+    #[schema(default = 1.0)]
     pub length_penalty: Option<f64>,
+    #[schema(default = false)]
     pub details: Option<bool>,
+    /// Prompt tokens in `details.prefill` (logprob null).
+    #[schema(default = false)]
     pub decoder_input_details: Option<bool>,
     /// Prepend the prompt (as rendered, with `<image>` markers) to `generated_text`.
+    #[schema(default = false)]
     pub return_full_text: Option<bool>,
     // Sent by TGI clients; only their neutral values are accepted.
+    #[schema(schema_with = s::one_or_null)]
     pub best_of: Option<u32>,
+    /// Only 1 (off) is accepted.
+    #[schema(minimum = 1, maximum = 1)]
     pub typical_p: Option<f64>,
+    #[schema(schema_with = s::false_or_null)]
     pub watermark: Option<bool>,
+    #[schema(schema_with = s::null_integer)]
     pub truncate: Option<u64>,
-    /// Report this many most likely tokens per generated token (0..=`MAX_TOP_N_TOKENS`).
+    /// Report this many most likely tokens per generated token (`details.top_tokens`, each
+    /// stream event's `top_tokens`), best first. Log-probabilities are of the distribution the
+    /// token was drawn from: after `repetition_penalty`, `temperature`, `top_k` and `top_p` (as
+    /// TGI), i.e. the model's own distribution for plain greedy decoding; tokens those removed
+    /// are not listed. Not with beam search (422). A token the content filter redacted has an
+    /// empty list; an alternative whose own text the filter would change is redacted (id of
+    /// `<unk>`, logprob 0, masked text).
+    #[schema(minimum = 0, maximum = 20)]
     pub top_n_tokens: Option<u32>,
+    #[schema(schema_with = s::zero_or_null)]
     pub frequency_penalty: Option<f64>,
+    #[schema(schema_with = s::null_grammar)]
     pub grammar: Option<serde_json::Value>,
+    #[schema(schema_with = s::null_adapter)]
     pub adapter_id: Option<String>,
 }
 
@@ -85,39 +134,55 @@ impl Parameters {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The few-shot form's prompt template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Caption,
     Vqa,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One in-context example of the few-shot form.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Example {
+    #[schema(value_type = Image)]
     pub image: String,
+    /// Caption (task caption) or free-form text (task null).
     pub text: Option<String>,
+    /// Task vqa.
     pub question: Option<String>,
+    /// Task vqa.
     pub answer: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The few-shot form's query: the image to caption or ask about.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Query {
+    #[schema(value_type = Image)]
     pub image: String,
     pub text: Option<String>,
     pub question: Option<String>,
 }
 
-/// `/generate` and `/generate_stream`: TGI's `inputs` form or the few-shot form.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `/generate`, `/generate_stream` and `POST /`: either `inputs` (+ `images`, or inline
+/// `![](data:...)` markdown images, not both) or the few-shot form (`task`, `examples`, `query`),
+/// rendered server-side. Few-shot rendering (the v1 eval's prompts; fields are trimmed and may
+/// not contain `<image>` or `<|endofchunk|>`): caption `<image>Output:{text}<|endofchunk|>` ...
+/// query `<image>Output:`; vqa `<image>Question:{question} Short Answer:{answer}<|endofchunk|>`
+/// ... query `<image>Question:{question} Short Answer:`; free form `<image>{text}<|endofchunk|>`
+/// ... `<image>{text}`. Unknown fields are refused (422).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     pub inputs: Option<String>,
+    #[schema(schema_with = s::images)]
     pub images: Option<Vec<String>>,
     #[serde(default, deserialize_with = "object")]
     pub parameters: Option<Parameters>,
-    /// Sent by some TGI clients; the route decides whether the answer streams.
+    /// `POST /`: true answers as `/generate_stream`; ignored by `/generate` and
+    /// `/generate_stream` (the route decides).
     pub stream: Option<bool>,
     pub task: Option<Task>,
     pub examples: Option<Vec<Example>>,
@@ -125,90 +190,164 @@ pub struct GenerateRequest {
     pub query: Option<Query>,
 }
 
-/// OpenAI's chat request: every field of OpenAI's API is known (the ones this server cannot
-/// honour are accepted with their neutral values only, see `routes::chat`); an unknown field is
-/// refused (422 naming it), as OpenAI's API does.
-#[derive(Debug, Clone, Deserialize)]
+/// OpenAI's chat request. Every field of OpenAI's API is known; an unknown field is refused
+/// (422, `param` names it), as OpenAI's API does. Fields this server cannot honour are accepted
+/// with their neutral values only (null or the values listed) and refused otherwise, naming the
+/// field (`routes::chat`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
+    /// Ignored.
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
+    #[schema(minimum = 1, maximum = 512)]
     pub max_tokens: Option<u32>,
+    /// Wins over `max_tokens`.
+    #[schema(minimum = 1, maximum = 512)]
     pub max_completion_tokens: Option<u32>,
+    /// 0 = greedy; set (> 0) turns sampling on.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    /// < 1 turns sampling on.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
-    /// Not OpenAI; vLLM accepts it too.
+    /// Not OpenAI (as in vLLM).
+    #[schema(minimum = 1)]
     pub top_k: Option<i64>,
+    /// Not OpenAI (as in vLLM).
+    #[schema(schema_with = s::repetition_penalty)]
     pub repetition_penalty: Option<f64>,
+    /// Choice i samples with seed + i.
     pub seed: Option<u64>,
+    #[schema(schema_with = s::stop_field)]
     pub stop: Option<StopField>,
     pub stream: Option<bool>,
     #[serde(default, deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
+    #[schema(schema_with = s::zero_or_null)]
     pub frequency_penalty: Option<f64>,
+    #[schema(schema_with = s::zero_or_null)]
     pub presence_penalty: Option<f64>,
+    /// Independent generations of the same prompt (choices indexed 0..n-1; usage sums their
+    /// completion tokens, the prompt counts once). With `seed`, choice i samples with `seed + i`;
+    /// without, each draws its own seed. Greedy decoding (the default here) gives n identical
+    /// choices, as OpenAI's API does with temperature 0. In a stream, the choices' chunks
+    /// interleave, each with its `index`.
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<u32>,
+    /// `choices[].logprobs.content`: one entry per text token (special tokens such as `</s>` are
+    /// left out).
     pub logprobs: Option<bool>,
+    /// Alternatives per token; needs `logprobs: true`. Log-probabilities of the distribution the
+    /// token was drawn from (after temperature, top_k, top_p), as `parameters.top_n_tokens`.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<u32>,
+    /// Ignored.
     pub user: Option<String>,
+    #[schema(schema_with = s::text_format_or_null)]
     pub response_format: Option<serde_json::Value>,
+    #[schema(schema_with = s::empty_list_or_null)]
     pub tools: Option<serde_json::Value>,
+    #[schema(schema_with = s::none_or_null)]
     pub tool_choice: Option<serde_json::Value>,
-    /// vLLM's: ids that end generation instead of the defaults.
+    /// Not OpenAI (as in vLLM): ids that end generation instead of `</s>` and `<|endofchunk|>`.
+    #[schema(schema_with = s::stop_token_ids)]
     pub stop_token_ids: Option<Vec<u32>>,
     // OpenAI fields with only a neutral value here (checked in `routes::chat`).
+    #[schema(schema_with = s::null_object)]
     pub audio: Option<serde_json::Value>,
+    #[schema(schema_with = s::text_modality_or_null)]
     pub modalities: Option<serde_json::Value>,
+    #[schema(schema_with = s::null_object)]
     pub prediction: Option<serde_json::Value>,
+    /// Ignored (no tools).
     pub parallel_tool_calls: Option<bool>,
+    #[schema(schema_with = s::empty_list_or_null)]
     pub functions: Option<serde_json::Value>,
+    #[schema(schema_with = s::none_or_null)]
     pub function_call: Option<serde_json::Value>,
+    #[schema(schema_with = s::empty_object_or_null)]
     pub logit_bias: Option<serde_json::Value>,
+    #[schema(schema_with = s::service_tier)]
     pub service_tier: Option<String>,
+    #[schema(schema_with = s::false_or_null)]
     pub store: Option<bool>,
+    /// Ignored.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    #[schema(schema_with = s::null_reasoning_effort)]
     pub reasoning_effort: Option<String>,
+    #[schema(schema_with = s::null_object)]
     pub web_search_options: Option<serde_json::Value>,
+    #[schema(schema_with = s::verbosity)]
     pub verbosity: Option<String>,
+    /// Ignored.
     pub prompt_cache_key: Option<String>,
+    /// Ignored.
     pub safety_identifier: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
+    /// A last chunk (before `[DONE]`) with `choices: []` and `usage` summed over the choices;
+    /// every other chunk has `usage: null`.
     pub include_usage: Option<bool>,
     /// OpenAI's stream padding; nothing is padded here, so it is ignored.
     pub include_obfuscation: Option<bool>,
 }
 
-/// OpenAI's legacy `POST /v1/completions`. `prompt` is one text (images inline as TGI markdown
-/// `![](data:...)`); unknown fields are refused.
-#[derive(Debug, Clone, Deserialize)]
+/// OpenAI's legacy `POST /v1/completions`. `prompt` is one text in this server's prompt format,
+/// images inline as TGI markdown `![](data:image/png;base64,...)` (each becomes `<image>` in
+/// place), exactly like `/generate`'s `inputs`. Sampling, `n`, `seed`, `stop` and streaming as on
+/// `/v1/chat/completions`. Unknown fields are refused (422).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
+    /// Ignored.
     pub model: Option<String>,
+    #[schema(schema_with = s::prompt_field)]
     pub prompt: PromptField,
+    #[schema(minimum = 1, maximum = 512)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = 1)]
     pub top_k: Option<i64>,
+    #[schema(schema_with = s::repetition_penalty)]
     pub repetition_penalty: Option<f64>,
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<u32>,
+    #[schema(schema_with = s::stop_field)]
     pub stop: Option<StopField>,
+    #[schema(schema_with = s::stop_token_ids)]
     pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<u64>,
-    /// Legacy log-probabilities: this many alternatives per token (0..=5, OpenAI's range).
+    /// Legacy log-probabilities: this many alternatives per token (0..=5, OpenAI's range):
+    /// `tokens`, `token_logprobs`, `top_logprobs` (`{text: logprob}`), `text_offset`.
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<u32>,
+    /// Prepend the prompt to each choice's text; not with `logprobs` (prompt log-probabilities
+    /// are not computed).
     pub echo: Option<bool>,
     pub stream: Option<bool>,
     #[serde(default, deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
+    #[schema(schema_with = s::suffix)]
     pub suffix: Option<String>,
+    /// Only equal to `n`.
+    #[schema(minimum = 1, maximum = 16)]
     pub best_of: Option<u32>,
+    #[schema(schema_with = s::zero_or_null)]
     pub frequency_penalty: Option<f64>,
+    #[schema(schema_with = s::zero_or_null)]
     pub presence_penalty: Option<f64>,
+    #[schema(schema_with = s::empty_object_or_null)]
     pub logit_bias: Option<serde_json::Value>,
+    /// Ignored.
     pub user: Option<String>,
 }
 
@@ -221,14 +360,15 @@ pub enum PromptField {
 }
 
 /// TGI's `POST /tokenize`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     pub inputs: String,
-    /// Sent by TGI clients (`parameters` of a generate request): checked for shape, then ignored.
+    /// Generation parameters (TGI clients send them): checked like `/generate`'s, then ignored.
     #[serde(default, deserialize_with = "object")]
     pub parameters: Option<Parameters>,
-    /// Whether `<s>` is added at the start (default true, as generation does).
+    /// Whether `<s>` is added at the start (as generation does).
+    #[schema(default = true)]
     pub add_special_tokens: Option<bool>,
 }
 
@@ -248,36 +388,39 @@ impl StopField {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A chat message. Only user messages may carry images (422 otherwise).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    #[schema(schema_with = s::chat_role)]
     pub role: String,
     pub content: Option<ChatContent>,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ChatContent {
     Text(String),
     Parts(Vec<ChatPart>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChatPart {
     Text { text: String },
     ImageUrl { image_url: ImageUrl },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageUrl {
+    /// `data:image/...;base64,...` (or http(s):// when the server fetches image URLs).
     pub url: String,
     /// OpenAI's `low`/`high`/`auto`; every image is 224x224 for this model, so it is ignored.
     pub detail: Option<Detail>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Detail {
     Low,

@@ -1,0 +1,282 @@
+//! Field schemas a Rust type cannot say by itself: fields accepted with their neutral values only
+//! (TGI's and OpenAI's options this server does not implement), and string lists whose items are
+//! bounded, used through `#[schema(schema_with = ...)]` on the request types (the bounds are the
+//! default limits, `config/default.toml`); and the rules between `GenerateRequest`'s fields.
+
+use serde_json::{json, Value};
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType,
+    Type,
+};
+use utoipa::openapi::RefOr;
+
+/// Longest stop sequence in bytes (`validation.rs`).
+pub const MAX_STOP_BYTES: usize = 256;
+/// `limits.max_stop_sequences` by default.
+pub const MAX_STOP_SEQUENCES: usize = 4;
+
+fn nullable(ty: Type) -> SchemaType {
+    SchemaType::Array(vec![ty, Type::Null])
+}
+
+/// A nullable field that accepts only `values` (and null).
+fn only(ty: Type, values: &[Value], description: &str) -> Schema {
+    let mut values = values.to_vec();
+    values.push(Value::Null);
+    ObjectBuilder::new()
+        .schema_type(nullable(ty))
+        .enum_values(Some(values))
+        .description(Some(description))
+        .into()
+}
+
+pub fn zero_or_null() -> Schema {
+    only(Type::Number, &[json!(0)], "0 or null only")
+}
+
+pub fn one_or_null() -> Schema {
+    only(Type::Integer, &[json!(1)], "1 or null only")
+}
+
+pub fn false_or_null() -> Schema {
+    only(Type::Boolean, &[json!(false)], "false or null only")
+}
+
+pub fn null_integer() -> Schema {
+    only(
+        Type::Integer,
+        &[],
+        "null only (cutting a prompt would drop its images)",
+    )
+}
+
+pub fn null_grammar() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::AnyValue)
+        .enum_values(Some([Value::Null]))
+        .description(Some("null only (no constrained decoding)"))
+        .into()
+}
+
+pub fn null_adapter() -> Schema {
+    only(Type::String, &[], "null only (no adapters)")
+}
+
+pub fn null_reasoning_effort() -> Schema {
+    only(Type::String, &[], "null only (not a reasoning model)")
+}
+
+pub fn null_object() -> Schema {
+    only(Type::Object, &[], "null only")
+}
+
+pub fn none_or_null() -> Schema {
+    only(Type::String, &[json!("none")], "\"none\" or null only")
+}
+
+pub fn empty_list_or_null() -> Schema {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .max_items(Some(0))
+        .description(Some(
+            "not supported: null or empty only (tools need a model trained for them)",
+        ))
+        .into()
+}
+
+pub fn empty_object_or_null() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Object))
+        .max_properties(Some(0))
+        .description(Some("{} or null only"))
+        .into()
+}
+
+pub fn text_format_or_null() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Object))
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["text"])),
+        )
+        .required("type")
+        .description(Some("{\"type\": \"text\"} or null only"))
+        .into()
+}
+
+pub fn text_modality_or_null() -> Schema {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["text"])),
+        )
+        .min_items(Some(1))
+        .max_items(Some(1))
+        .description(Some("[\"text\"] or null only"))
+        .into()
+}
+
+pub fn service_tier() -> Schema {
+    only(Type::String, &[json!("auto"), json!("default")], "")
+}
+
+pub fn verbosity() -> Schema {
+    only(
+        Type::String,
+        &[json!("medium")],
+        "\"medium\" (the only level this model has) or null",
+    )
+}
+
+pub fn suffix() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::String))
+        .max_length(Some(0))
+        .description(Some("refused unless empty (no fill-in-the-middle)"))
+        .into()
+}
+
+fn stop_sequence() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_STOP_BYTES))
+}
+
+fn stop_sequences() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .items(stop_sequence())
+        .max_items(Some(MAX_STOP_SEQUENCES))
+}
+
+/// TGI's `stop`: a list.
+pub fn stop_list() -> Schema {
+    stop_sequences()
+        .schema_type(nullable(Type::Array))
+        .description(Some(
+            "cut from the output, not included; matched on the filtered text",
+        ))
+        .into()
+}
+
+/// OpenAI's `stop`: one sequence or a list.
+pub fn stop_field() -> Schema {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(stop_sequence())
+        .item(stop_sequences())
+        .description(Some(
+            "cut from the output, not included; matched on the filtered text",
+        ))
+        .into()
+}
+
+/// The ids that end generation instead of the defaults.
+pub fn stop_token_ids() -> Schema {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX))
+                .description(Some("below the model's vocab_size (/info)")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(16))
+        .description(Some(
+            "token ids that end generation, replacing the default (</s> and <|endofchunk|>); \
+             the v1 eval uses [<|endofchunk|>]",
+        ))
+        .into()
+}
+
+/// A completion prompt: one text, or a list of exactly one.
+pub fn prompt_field() -> Schema {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .min_items(Some(1))
+                .max_items(Some(1)),
+        )
+        .into()
+}
+
+pub fn chat_role() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["system", "developer", "user", "assistant"]))
+        .into()
+}
+
+/// `repetition_penalty`: a normal (not subnormal) positive 32-bit float.
+pub fn repetition_penalty() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Number))
+        .minimum(Some(f64::from(f32::MIN_POSITIVE)))
+        .maximum(Some(f64::from(f32::MAX)))
+        .description(Some(
+            "a normal (not subnormal) positive 32-bit float; > 1 discourages repeating tokens",
+        ))
+        .into()
+}
+
+/// The `Image` component.
+pub fn image() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .description(Some(
+            "Base64 image (PNG, JPEG, WebP, GIF first frame, BMP), a data:image/...;base64, URL, \
+             or an http(s) URL when the server fetches image URLs (server.allow_image_urls; \
+             otherwise 422)",
+        ))
+        .into()
+}
+
+/// An `Option<Vec<Image>>` field bounded to `limits.max_images` (16 by default).
+pub fn images() -> RefOr<Schema> {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Image")))
+        .max_items(Some(16))
+        .into()
+}
+
+/// `GenerateRequest`'s two forms, as validation has them (422 otherwise): `inputs` or `query`,
+/// never both; `images` only with `inputs`; `examples` and `task` only with `query`. `fields` is
+/// the derived schema of its fields. A field sent as null counts as absent, hence the types.
+pub fn generate_request(fields: RefOr<Schema>) -> RefOr<Schema> {
+    let has = |field: &str, ty: Type| {
+        ObjectBuilder::new()
+            .property(field, ObjectBuilder::new().schema_type(ty))
+            .required(field)
+    };
+    let present = |field: &str, ty: &str| {
+        json!({"required": [field], "properties": {field: {"type": ty}}})
+    };
+    let query = present("query", "object");
+    // utoipa has no `not`; an extension holding one key serialises as that keyword.
+    let mixed = json!({"anyOf": [
+        {"allOf": [query, present("inputs", "string")]},
+        {"allOf": [query, present("images", "array")]},
+        {"allOf": [present("examples", "array"), {"not": query}]},
+        {"allOf": [present("task", "string"), {"not": query}]},
+    ]});
+    AllOfBuilder::new()
+        .item(fields)
+        .item(
+            AnyOfBuilder::new()
+                .item(has("inputs", Type::String))
+                .item(has("query", Type::Object)),
+        )
+        .item(ObjectBuilder::new().extensions(Some(Extensions::from_iter([("not", mixed)]))))
+        .into()
+}
