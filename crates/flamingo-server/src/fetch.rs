@@ -674,15 +674,35 @@ impl Fetcher {
     }
 
     async fn fetch_inner(&self, what: &str, original: &str) -> Result<Vec<u8>, Failed> {
-        let mut url = Url::parse(original).map_err(|e| {
+        let url = Url::parse(original).map_err(|e| {
             refused(
                 what,
                 original,
                 refusal("invalid_url", format!("not a valid URL: {e}")),
             )
         })?;
+        let (response, url) = self.follow_redirects(what, url).await?;
+        let shown = url.as_str().to_string();
+        if !response.status().is_success() {
+            return Err(failed(
+                what,
+                &shown,
+                format!("the server answered HTTP {}", response.status()),
+            ));
+        }
+        check_content_type(&response).map_err(|r| refused(what, &shown, r))?;
+        self.read_body(what, &shown, response).await
+    }
+
+    /// Requests `url`, following up to `max_redirects` redirects, each target checked against
+    /// the policy before it is connected to. Returns the final response and its URL.
+    async fn follow_redirects(
+        &self,
+        what: &str,
+        mut url: Url,
+    ) -> Result<(reqwest::Response, Url), Failed> {
         let mut hops = 0usize;
-        let response = loop {
+        loop {
             let shown = url.as_str().to_string();
             self.policy
                 .check_url(&url)
@@ -707,7 +727,7 @@ impl Fetcher {
                     Ok(cause) => failed(what, &shown, cause),
                 })?;
             if !response.status().is_redirection() {
-                break response;
+                return Ok((response, url));
             }
             let Some(location) = response
                 .headers()
@@ -744,40 +764,17 @@ impl Fetcher {
                 )
             })?;
             hops += 1;
-        };
-        let shown = url.as_str().to_string();
-        if !response.status().is_success() {
-            return Err(failed(
-                what,
-                &shown,
-                format!("the server answered HTTP {}", response.status()),
-            ));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !(mime.starts_with("image/") || mime == "application/octet-stream") {
-            return Err(refused(
-                what,
-                &shown,
-                refusal(
-                    "content_type",
-                    format!(
-                        "the content type is `{}`, not image/* or application/octet-stream",
-                        content_type.chars().take(60).collect::<String>()
-                    ),
-                ),
-            ));
-        }
+    }
+
+    /// The body, bounded by `max_bytes` (the declared length is checked first, then every
+    /// chunk), with the image header's dimensions probed as soon as the first bytes hold them.
+    async fn read_body(
+        &self,
+        what: &str,
+        shown: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, Failed> {
         let too_large = |size: String| {
             refusal(
                 "too_large",
@@ -794,32 +791,30 @@ impl Fetcher {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(n) = declared {
             if n > self.max_bytes as u64 {
-                return Err(refused(what, &shown, too_large(n.to_string())));
+                return Err(refused(what, shown, too_large(n.to_string())));
             }
         }
         let il = images::image_limits(&self.limits);
         let mut body: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        let mut response = response;
         let mut probed = false;
         loop {
             let chunk = response
                 .chunk()
                 .await
-                .map_err(|e| failed(what, &shown, explain(&e).unwrap_or_else(|r| r.message)))?;
+                .map_err(|e| failed(what, shown, explain(&e).unwrap_or_else(|r| r.message)))?;
             let Some(chunk) = chunk else { break };
             if body.len() + chunk.len() > self.max_bytes {
                 return Err(refused(
                     what,
-                    &shown,
+                    shown,
                     too_large(format!("more than {}", self.max_bytes)),
                 ));
             }
             body.extend_from_slice(&chunk);
-            // The header's dimensions, as soon as the first bytes hold them.
             if !probed && body.len() <= EARLY_PROBE_BYTES {
                 if let Err(e) = preprocess::probe(&body, &il) {
                     if e.is_too_large() {
-                        return Err(refused(what, &shown, refusal("too_large", e.to_string())));
+                        return Err(refused(what, shown, refusal("too_large", e.to_string())));
                     }
                 } else {
                     probed = true;
@@ -827,10 +822,35 @@ impl Fetcher {
             }
         }
         if body.is_empty() {
-            return Err(failed(what, &shown, "the body is empty"));
+            return Err(failed(what, shown, "the body is empty"));
         }
         Ok(body)
     }
+}
+
+/// Only images (or untyped bytes, which decoding then judges) are read.
+fn check_content_type(response: &reqwest::Response) -> Result<(), Refusal> {
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime.starts_with("image/") || mime == "application/octet-stream" {
+        return Ok(());
+    }
+    Err(refusal(
+        "content_type",
+        format!(
+            "the content type is `{}`, not image/* or application/octet-stream",
+            content_type.chars().take(60).collect::<String>()
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -72,71 +72,15 @@ where
     R: FnOnce() -> Result<Rendered, ApiError> + Send + 'static,
 {
     let arrived = Instant::now();
-    if s.draining() {
-        return Err(ApiError::unavailable(
-            "the server is shutting down",
-            s.cfg.server.retry_after_s,
-        ));
-    }
-    let rt = s.runtime()?;
-    if !rt.worker.alive() {
-        return Err(ApiError::unavailable(
-            "the model worker is not running",
-            s.cfg.server.retry_after_s,
-        ));
-    }
+    let rt = accepting(s)?;
     let resolved =
         tracing::debug_span!("validate").in_scope(|| validation::resolve(params, &s.cfg.limits))?;
     let ticket = rt.worker.reserve()?;
     let deadline = arrived + Duration::from_secs(s.cfg.server.request_timeout_s);
     let in_flight = InFlight::enter(&s.in_flight);
-    let permit = preprocessing_slot(rt, deadline).await?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancelled.clone());
-    let prep = rt.prep.clone();
-    let span = tracing::debug_span!("preprocess");
-    let (prep2, cancelled2, span2) = (prep.clone(), cancelled.clone(), span.clone());
-    // Text checks first; a request with image URLs then gives its preprocessing slot back while
-    // the URLs are fetched (network time must not hold the CPU slots), and decodes after.
-    let first = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        span.in_scope(|| -> Result<Result<_, (_, Vec<String>)>, ApiError> {
-            let rendered = render()?;
-            let (text, payloads) = validation::prepare_text(rendered, resolved, &prep)?;
-            if !payloads.iter().any(|p| fetch::is_url(p)) {
-                let done =
-                    validation::load_images(text, &payloads, &prep, &cancelled, deadline, &[])?;
-                return Ok(Ok(done));
-            }
-            Ok(Err((text, payloads)))
-        })
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
-    let prepared = match first {
-        Ok(done) => done,
-        Err((text, payloads)) => {
-            let fetched = fetch::fetch_images(rt.fetcher.as_deref(), &payloads, deadline)
-                .instrument(tracing::debug_span!("fetch_images"))
-                .await?;
-            let permit = preprocessing_slot(rt, deadline).await?;
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                span2.in_scope(|| {
-                    validation::load_images(
-                        text,
-                        &payloads,
-                        &prep2,
-                        &cancelled2,
-                        deadline,
-                        &fetched,
-                    )
-                })
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??
-        }
-    };
+    let prepared = preprocess(rt, render, resolved, deadline, cancelled).await?;
     let prepared_at = Instant::now();
     metrics::histogram!(m::PREPARE_SECONDS).record((prepared_at - arrived).as_secs_f64());
     let hashes: Vec<[u8; 32]> = prepared.images.iter().map(|i| i.hash).collect();
@@ -176,6 +120,78 @@ where
         affinity,
         _in_flight: in_flight,
     })
+}
+
+/// The runtime, when the server takes generations: loaded, not draining, the worker alive.
+fn accepting(s: &AppState) -> Result<&crate::state::Runtime, ApiError> {
+    if s.draining() {
+        return Err(ApiError::unavailable(
+            "the server is shutting down",
+            s.cfg.server.retry_after_s,
+        ));
+    }
+    let rt = s.runtime()?;
+    if !rt.worker.alive() {
+        return Err(ApiError::unavailable(
+            "the model worker is not running",
+            s.cfg.server.retry_after_s,
+        ));
+    }
+    Ok(rt)
+}
+
+/// Renders, tokenizes and checks the prompt, then loads its images, on the blocking pool under
+/// a preprocessing slot. Text checks come first; a request with image URLs then gives its slot
+/// back while the URLs are fetched (network time must not hold the CPU slots), and decodes
+/// under a new one.
+async fn preprocess<R>(
+    rt: &crate::state::Runtime,
+    render: R,
+    resolved: Resolved,
+    deadline: Instant,
+    cancelled: Arc<AtomicBool>,
+) -> Result<validation::Prepared, ApiError>
+where
+    R: FnOnce() -> Result<Rendered, ApiError> + Send + 'static,
+{
+    let blocking_failed = |e: tokio::task::JoinError| {
+        ApiError::internal(format!("the preprocessing task failed: {e}"))
+    };
+    let permit = preprocessing_slot(rt, deadline).await?;
+    let prep = rt.prep.clone();
+    let span = tracing::debug_span!("preprocess");
+    let (prep2, cancelled2, span2) = (prep.clone(), cancelled.clone(), span.clone());
+    let first = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        span.in_scope(|| -> Result<Result<_, (_, Vec<String>)>, ApiError> {
+            let rendered = render()?;
+            let (text, payloads) = validation::prepare_text(rendered, resolved, &prep)?;
+            if !payloads.iter().any(|p| fetch::is_url(p)) {
+                let done =
+                    validation::load_images(text, &payloads, &prep, &cancelled, deadline, &[])?;
+                return Ok(Ok(done));
+            }
+            Ok(Err((text, payloads)))
+        })
+    })
+    .await
+    .map_err(blocking_failed)??;
+    let (text, payloads) = match first {
+        Ok(done) => return Ok(done),
+        Err(pending) => pending,
+    };
+    let fetched = fetch::fetch_images(rt.fetcher.as_deref(), &payloads, deadline)
+        .instrument(tracing::debug_span!("fetch_images"))
+        .await?;
+    let permit = preprocessing_slot(rt, deadline).await?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        span2.in_scope(|| {
+            validation::load_images(text, &payloads, &prep2, &cancelled2, deadline, &fetched)
+        })
+    })
+    .await
+    .map_err(blocking_failed)?
 }
 
 /// One of the `limits.preprocess_slots`, waited for until the request's deadline.

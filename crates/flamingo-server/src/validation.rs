@@ -77,6 +77,10 @@ pub struct Prepared {
 /// Most alternatives a request may ask for per token (`top_n_tokens`; OpenAI's `top_logprobs`
 /// allows 0..=20).
 pub const MAX_TOP_N_TOKENS: u32 = 20;
+/// Longest stop sequence, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most ids in `stop_token_ids`.
+pub const MAX_STOP_TOKEN_IDS: usize = 16;
 
 /// Temperatures below this decode greedily.
 pub const GREEDY_TEMPERATURE: f64 = 1e-5;
@@ -101,34 +105,7 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             ));
         }
     }
-    if let Some(t) = p.temperature {
-        if !(t > 0.0 && t.is_finite() && t <= 100.0) {
-            return Err(bad("temperature", format!("`temperature` must be > 0 and <= 100 (got {t}); use do_sample=false for greedy")));
-        }
-    }
-    if let Some(k) = p.top_k {
-        if k < 1 {
-            return Err(bad("top_k", format!("`top_k` must be >= 1 (got {k})")));
-        }
-    }
-    if let Some(tp) = p.top_p {
-        if !(tp > 0.0 && tp <= 1.0) {
-            return Err(bad(
-                "top_p",
-                format!("`top_p` must be > 0 and <= 1 (got {tp})"),
-            ));
-        }
-    }
-    if let Some(r) = p.repetition_penalty {
-        // The model uses it as an f32: subnormal or out-of-range values would divide logits into
-        // infinities. Checked on the f64 the client sent, so no rounding lets one through.
-        if !(r > 0.0 && r <= f32::MAX as f64 && (r as f32).is_normal()) {
-            return Err(bad(
-                "repetition_penalty",
-                format!("`repetition_penalty` must be a normal number > 0 (got {r:e})"),
-            ));
-        }
-    }
+    check_sampling_ranges(p)?;
     let beams = p.num_beams.unwrap_or(1) as usize;
     if beams == 0 || beams > l.max_beams {
         return Err(bad(
@@ -146,26 +123,7 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             "`length_penalty` must be a finite number".into(),
         ));
     }
-    let stop = p.stop.clone().unwrap_or_default();
-    if stop.len() > l.max_stop_sequences {
-        return Err(bad(
-            "stop",
-            format!(
-                "at most {} stop sequences (got {})",
-                l.max_stop_sequences,
-                stop.len()
-            ),
-        ));
-    }
-    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > 256) {
-        return Err(bad(
-            "stop",
-            format!(
-                "stop sequences must be 1 to 256 bytes (got {} bytes)",
-                s.len()
-            ),
-        ));
-    }
+    let stop = stop_sequences(p, l)?;
     // vLLM's rule: a temperature this close to 0 means greedy. Dividing logits by it in f32
     // would overflow to infinities and NaN log-probabilities.
     let near_zero = p.temperature.is_some_and(|t| t < GREEDY_TEMPERATURE);
@@ -180,14 +138,6 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
             "num_beams",
             "beam search is deterministic here: do not combine num_beams > 1 with sampling".into(),
         ));
-    }
-    if let Some(ids) = &p.stop_token_ids {
-        if ids.is_empty() || ids.len() > 16 {
-            return Err(bad(
-                "stop_token_ids",
-                format!("`stop_token_ids` must list 1 to 16 ids (got {})", ids.len()),
-            ));
-        }
     }
     let top_n_tokens = p.top_n_tokens.unwrap_or(0);
     if top_n_tokens > MAX_TOP_N_TOKENS {
@@ -225,6 +175,78 @@ pub fn resolve(p: &Parameters, l: &Limits) -> Result<Resolved, ApiError> {
     })
 }
 
+/// The sampling parameters' ranges (each alone; how they combine is `resolve`'s).
+fn check_sampling_ranges(p: &Parameters) -> Result<(), ApiError> {
+    if let Some(t) = p.temperature {
+        if !(t > 0.0 && t.is_finite() && t <= 100.0) {
+            return Err(bad("temperature", format!("`temperature` must be > 0 and <= 100 (got {t}); use do_sample=false for greedy")));
+        }
+    }
+    if let Some(k) = p.top_k {
+        if k < 1 {
+            return Err(bad("top_k", format!("`top_k` must be >= 1 (got {k})")));
+        }
+    }
+    if let Some(tp) = p.top_p {
+        if !(tp > 0.0 && tp <= 1.0) {
+            return Err(bad(
+                "top_p",
+                format!("`top_p` must be > 0 and <= 1 (got {tp})"),
+            ));
+        }
+    }
+    if let Some(r) = p.repetition_penalty {
+        // The model uses it as an f32: subnormal or out-of-range values would divide logits into
+        // infinities. Checked on the f64 the client sent, so no rounding lets one through.
+        if !(r > 0.0 && r <= f32::MAX as f64 && (r as f32).is_normal()) {
+            return Err(bad(
+                "repetition_penalty",
+                format!("`repetition_penalty` must be a normal number > 0 (got {r:e})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `stop` and `stop_token_ids` within their bounds; returns the stop sequences.
+fn stop_sequences(p: &Parameters, l: &Limits) -> Result<Vec<String>, ApiError> {
+    let stop = p.stop.clone().unwrap_or_default();
+    if stop.len() > l.max_stop_sequences {
+        return Err(bad(
+            "stop",
+            format!(
+                "at most {} stop sequences (got {})",
+                l.max_stop_sequences,
+                stop.len()
+            ),
+        ));
+    }
+    if let Some(s) = stop
+        .iter()
+        .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    {
+        return Err(bad(
+            "stop",
+            format!(
+                "stop sequences must be 1 to {MAX_STOP_BYTES} bytes (got {} bytes)",
+                s.len()
+            ),
+        ));
+    }
+    if let Some(ids) = &p.stop_token_ids {
+        if ids.is_empty() || ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(bad(
+                "stop_token_ids",
+                format!(
+                    "`stop_token_ids` must list 1 to {MAX_STOP_TOKEN_IDS} ids (got {})",
+                    ids.len()
+                ),
+            ));
+        }
+    }
+    Ok(stop)
+}
+
 /// Tokenizes, checks counts and limits, then decodes the images (the expensive part, last).
 /// Runs on the blocking pool; `cancelled` (the client left) stops it between images.
 pub fn prepare(
@@ -245,6 +267,37 @@ pub fn prepare_text(
     resolved: Resolved,
     ctx: &PrepContext,
 ) -> Result<(Prepared, Vec<String>), ApiError> {
+    let tokens = tokenize_prompt(&rendered, ctx)?;
+    let n_images = rendered.images.len();
+    let max_new_tokens = context_left(&resolved, tokens.len(), ctx)?;
+    let params = GenerationParams {
+        max_new_tokens,
+        sampling: resolved.sampling.clone(),
+        num_beams: resolved.num_beams,
+        length_penalty: resolved.length_penalty,
+        stop_tokens: stop_tokens(&resolved, &ctx.tokenizer)?,
+        top_n: resolved.top_n_tokens,
+    };
+    ctx.spec
+        .validate(&tokens, n_images, &params)
+        .map_err(|e| bad("inputs", e.to_string()))?;
+    let kv_bytes = kv_reservation(ctx, &params, tokens.len(), n_images)?;
+    Ok((
+        Prepared {
+            prompt: rendered.prompt,
+            tokens,
+            images: Vec::new(),
+            params,
+            resolved,
+            kv_bytes,
+        },
+        rendered.images,
+    ))
+}
+
+/// The prompt's token ids, after the bounds that do not need them (image count, text size: the
+/// tokenizer's time and memory grow with the text) and those that do (markers, token count).
+fn tokenize_prompt(rendered: &Rendered, ctx: &PrepContext) -> Result<Vec<u32>, ApiError> {
     let l = &ctx.limits;
     let n_images = rendered.images.len();
     if n_images > l.max_images {
@@ -256,7 +309,6 @@ pub fn prepare_text(
             ),
         ));
     }
-    // The tokenizer's time and memory grow with the text: refuse what cannot fit by its size.
     if rendered.prompt.len() > ctx.max_prompt_bytes {
         return Err(bad(
             "inputs",
@@ -289,85 +341,79 @@ pub fn prepare_text(
             ),
         ));
     }
-    let room = ctx.spec.max_positions.saturating_sub(tokens.len());
-    let max_new_tokens = match resolved.max_new_tokens {
-        Some(n) => n,
-        None if room == 0 => {
-            return Err(bad(
+    Ok(tokens)
+}
+
+/// `max_new_tokens`: as asked, or the default clamped to the context the prompt leaves; the
+/// prompt and it must fit the model's positions.
+fn context_left(resolved: &Resolved, prompt: usize, ctx: &PrepContext) -> Result<usize, ApiError> {
+    let positions = ctx.spec.max_positions;
+    let room = positions.saturating_sub(prompt);
+    let max_new_tokens =
+        match resolved.max_new_tokens {
+            Some(n) => n,
+            None if room == 0 => return Err(bad(
                 "inputs",
                 format!(
-                    "the prompt has {} tokens and fills the model's {} positions",
-                    tokens.len(),
-                    ctx.spec.max_positions
+                    "the prompt has {prompt} tokens and fills the model's {positions} positions"
                 ),
-            ))
-        }
-        None => l.default_max_new_tokens.min(room),
-    };
-    if tokens.len() + max_new_tokens > ctx.spec.max_positions {
+            )),
+            None => ctx.limits.default_max_new_tokens.min(room),
+        };
+    if prompt + max_new_tokens > positions {
         return Err(bad(
             "max_new_tokens",
             format!(
-                "the prompt ({} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {} positions",
-                tokens.len(),
-                ctx.spec.max_positions
+                "the prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {positions} positions"
             ),
         ));
     }
-    let params = GenerationParams {
-        max_new_tokens,
-        sampling: resolved.sampling.clone(),
-        num_beams: resolved.num_beams,
-        length_penalty: resolved.length_penalty,
-        stop_tokens: match &resolved.stop_token_ids {
-            Some(ids) => {
-                if let Some(bad_id) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
-                    return Err(bad(
-                        "stop_token_ids",
-                        format!(
-                            "token id {bad_id} is outside the vocabulary ({} tokens)",
-                            tok.vocab_size()
-                        ),
-                    ));
-                }
-                ids.clone()
-            }
-            None => vec![tok.end_of_chunk_id, tok.eos_id],
-        },
-        top_n: resolved.top_n_tokens,
+    Ok(max_new_tokens)
+}
+
+/// The ids that end generation: the client's (inside the vocabulary) or `<|endofchunk|>` and
+/// `</s>`.
+fn stop_tokens(resolved: &Resolved, tok: &FlamingoTokenizer) -> Result<Vec<u32>, ApiError> {
+    let Some(ids) = &resolved.stop_token_ids else {
+        return Ok(vec![tok.end_of_chunk_id, tok.eos_id]);
     };
-    ctx.spec
-        .validate(&tokens, n_images, &params)
-        .map_err(|e| bad("inputs", e.to_string()))?;
-    let kv_bytes = ctx
-        .kv
-        .reservation(params.num_beams, tokens.len() + max_new_tokens, n_images);
-    if kv_bytes > ctx.max_kv_bytes {
-        let param = if params.num_beams > 1 {
-            "num_beams"
-        } else {
-            "max_new_tokens"
-        };
+    if let Some(bad_id) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
         return Err(bad(
-            param,
+            "stop_token_ids",
             format!(
-                "`{param}` is too large for the KV-cache budget: this request needs {kv_bytes} bytes ({} rows x {} positions, {n_images} images); limits.max_kv_bytes is {}",
-                params.num_beams,
-                tokens.len() + max_new_tokens,
-                ctx.max_kv_bytes
+                "token id {bad_id} is outside the vocabulary ({} tokens)",
+                tok.vocab_size()
             ),
         ));
     }
-    Ok((
-        Prepared {
-            prompt: rendered.prompt,
-            tokens,
-            images: Vec::new(),
-            params,
-            resolved,
-            kv_bytes,
-        },
-        rendered.images,
+    Ok(ids.clone())
+}
+
+/// The KV-cache bytes the whole request reserves (rows x positions), refused when it could never
+/// fit `limits.max_kv_bytes`, naming the parameter that makes it large.
+fn kv_reservation(
+    ctx: &PrepContext,
+    params: &GenerationParams,
+    prompt: usize,
+    n_images: usize,
+) -> Result<usize, ApiError> {
+    let positions = prompt + params.max_new_tokens;
+    let kv_bytes = ctx.kv.reservation(params.num_beams, positions, n_images);
+    if kv_bytes <= ctx.max_kv_bytes {
+        return Ok(kv_bytes);
+    }
+    let param = if params.num_beams > 1 {
+        "num_beams"
+    } else {
+        "max_new_tokens"
+    };
+    Err(bad(
+        param,
+        format!(
+            "`{param}` is too large for the KV-cache budget: this request needs {kv_bytes} bytes ({} rows x {positions} positions, {n_images} images); limits.max_kv_bytes is {}",
+            params.num_beams,
+            ctx.max_kv_bytes
+        ),
     ))
 }
 

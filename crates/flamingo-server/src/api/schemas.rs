@@ -6,13 +6,12 @@
 use serde_json::{json, Value};
 use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::schema::{
-    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType,
-    Type,
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
 };
 use utoipa::openapi::RefOr;
 
-/// Longest stop sequence in bytes (`validation.rs`).
-pub const MAX_STOP_BYTES: usize = 256;
+use crate::validation::{MAX_STOP_BYTES, MAX_STOP_TOKEN_IDS};
+
 /// `limits.max_stop_sequences` by default.
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
@@ -188,7 +187,7 @@ pub fn stop_token_ids() -> Schema {
                 .description(Some("below the model's vocab_size (/info)")),
         )
         .min_items(Some(1))
-        .max_items(Some(16))
+        .max_items(Some(MAX_STOP_TOKEN_IDS))
         .description(Some(
             "token ids that end generation, replacing the default (</s> and <|endofchunk|>); \
              the v1 eval uses [<|endofchunk|>]",
@@ -259,9 +258,8 @@ pub fn generate_request(fields: RefOr<Schema>) -> RefOr<Schema> {
             .property(field, ObjectBuilder::new().schema_type(ty))
             .required(field)
     };
-    let present = |field: &str, ty: &str| {
-        json!({"required": [field], "properties": {field: {"type": ty}}})
-    };
+    let present =
+        |field: &str, ty: &str| json!({"required": [field], "properties": {field: {"type": ty}}});
     let query = present("query", "object");
     // utoipa has no `not`; an extension holding one key serialises as that keyword.
     let mixed = json!({"anyOf": [
