@@ -86,16 +86,16 @@ impl Modify for SharedParts {
             );
         }
         components.add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .description(Some(
-                            "Required on the API routes only when `server.api_keys` is set.",
-                        ))
-                        .build(),
-                ),
-            );
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Required on the API routes only when `server.api_keys` is set.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
