@@ -126,10 +126,7 @@ pub struct ModelConfig {
 macro_rules! config_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum,
-            utoipa::ToSchema,
-        )]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
         pub enum $name {
             $($(#[$vdoc])* #[serde(rename = $text)] #[value(name = $text)] $variant),+
         }
@@ -141,6 +138,18 @@ macro_rules! config_enum {
                 }
             }
         }
+
+        // By hand: utoipa's derive does not see `serde(rename)` written by a macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -269,7 +278,8 @@ impl Default for Limits {
     }
 }
 
-/// `[filter]`; mirrors [`FilterConfig`] so that unknown keys are refused here too.
+// `[filter]`; mirrors `FilterConfig` so that unknown keys are refused here too.
+/// The output content filter's settings.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterSection {

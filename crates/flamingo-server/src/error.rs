@@ -12,8 +12,7 @@ use axum::Json;
 
 use crate::api::{ErrorBody, OpenAIErrorBody, OpenAIErrorDetail};
 
-/// Serialised as `error_type` (TGI shape) and `error.type` (OpenAI shape); the names are
-/// [`ErrorKind::as_str`]'s.
+/// What went wrong: `error_type` in TGI's error shape, `error.type` in OpenAI's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {

@@ -152,11 +152,52 @@ impl<'r> ToResponse<'r> for OpenAIErrorResponse {
 /// The document as YAML: what `GET /openapi.yaml` serves and `openapi.yaml` holds.
 pub fn yaml() -> &'static str {
     static YAML: LazyLock<String> = LazyLock::new(|| {
-        ApiDoc::openapi()
+        let text = ApiDoc::openapi()
             .to_yaml()
-            .expect("the OpenAPI document serialises")
+            .expect("the OpenAPI document serialises");
+        text.lines()
+            .map(yaml_1_1_safe)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     });
     &YAML
+}
+
+/// YAML 1.1 parsers (PyYAML, so most Python tooling) read `off`, `yes`, `no`, ... as booleans
+/// and a float only with a signed exponent; the serialiser writes YAML 1.2. Such scalars are
+/// quoted or given their sign, so every reader sees the same document.
+fn yaml_1_1_safe(line: &str) -> String {
+    const BOOLEAN_WORDS: [&str; 8] = ["y", "n", "yes", "no", "on", "off", "true", "false"];
+    let (prefix, value) = match line.trim_start().strip_prefix("- ") {
+        Some(item) => (&line[..line.len() - item.len()], item),
+        None => match line.split_once(": ") {
+            Some((key, value)) => (&line[..key.len() + 2], value),
+            None => return line.to_string(),
+        },
+    };
+    let lower = value.to_ascii_lowercase();
+    if BOOLEAN_WORDS.contains(&lower.as_str()) && lower != "true" && lower != "false" {
+        return format!("{prefix}'{value}'");
+    }
+    signed_exponent(line)
+}
+
+/// `key: 3.4e38` -> `key: 3.4e+38`.
+fn signed_exponent(line: &str) -> String {
+    let Some((key, value)) = line.split_once(": ") else {
+        return line.to_string();
+    };
+    let Some((mantissa, exponent)) = value.split_once('e') else {
+        return line.to_string();
+    };
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = mantissa.trim_start_matches('-').split('.').all(numeric);
+    if mantissa_ok && numeric(exponent) {
+        format!("{key}: {mantissa}e+{exponent}")
+    } else {
+        line.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +220,21 @@ mod tests {
             "openapi.yaml differs from the document the types generate; rewrite it with \
              FLAMINGO_WRITE_OPENAPI=1 cargo test --release -p flamingo-server openapi"
         );
+    }
+
+    #[test]
+    fn exponents_are_signed_for_yaml_1_1_readers() {
+        assert_eq!(signed_exponent("  maximum: 3.4e38"), "  maximum: 3.4e+38");
+        assert_eq!(signed_exponent("  maximum: -1e38"), "  maximum: -1e+38");
+        assert_eq!(signed_exponent("  minimum: 1.1e-38"), "  minimum: 1.1e-38");
+        assert_eq!(signed_exponent("  example: see e38"), "  example: see e38");
+        assert_eq!(signed_exponent("  maximum: 100"), "  maximum: 100");
+        assert!(!yaml().contains("e38\n"));
+        assert_eq!(yaml_1_1_safe("      - off"), "      - 'off'");
+        assert_eq!(yaml_1_1_safe("  mode: on"), "  mode: 'on'");
+        assert_eq!(yaml_1_1_safe("  - true"), "  - true");
+        assert_eq!(yaml_1_1_safe("  - offset"), "  - offset");
+        assert!(yaml().contains("- 'off'"));
     }
 
     #[test]

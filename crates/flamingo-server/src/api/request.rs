@@ -193,7 +193,7 @@ pub struct GenerateRequest {
 /// OpenAI's chat request. Every field of OpenAI's API is known; an unknown field is refused
 /// (422, `param` names it), as OpenAI's API does. Fields this server cannot honour are accepted
 /// with their neutral values only (null or the values listed) and refused otherwise, naming the
-/// field (`routes::chat`).
+/// field.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
