@@ -349,17 +349,18 @@ fn tokenize_prompt(rendered: &Rendered, ctx: &PrepContext) -> Result<Vec<u32>, A
 fn context_left(resolved: &Resolved, prompt: usize, ctx: &PrepContext) -> Result<usize, ApiError> {
     let positions = ctx.spec.max_positions;
     let room = positions.saturating_sub(prompt);
-    let max_new_tokens =
-        match resolved.max_new_tokens {
-            Some(n) => n,
-            None if room == 0 => return Err(bad(
+    let max_new_tokens = match resolved.max_new_tokens {
+        Some(n) => n,
+        None if room == 0 => {
+            return Err(bad(
                 "inputs",
                 format!(
                     "the prompt has {prompt} tokens and fills the model's {positions} positions"
                 ),
-            )),
-            None => ctx.limits.default_max_new_tokens.min(room),
-        };
+            ))
+        }
+        None => ctx.limits.default_max_new_tokens.min(room),
+    };
     if prompt + max_new_tokens > positions {
         return Err(bad(
             "max_new_tokens",
