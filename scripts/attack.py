@@ -13,6 +13,11 @@ Exit status 1 when any case is broken.
     python3 scripts/attack.py            # full run (bigger bodies, more repetitions)
     python3 scripts/attack.py --short    # CI form
     python3 scripts/attack.py --server-bin target/release/flamingo-server --only slow_loris,kv_budget
+
+The filter and worker-death cases set FLAMINGO_TEST_* hooks, which only a binary built with the
+`test-hooks` feature has (scripts/test.sh builds target/release/flamingo-server that way:
+cargo build --release --workspace --bins --features flamingo-server/test-hooks); a binary built
+without it refuses to start with them, and those cases report BROKEN with its message.
 """
 
 import argparse
@@ -1127,7 +1132,8 @@ def main():
     ARGS = ap.parse_args()
     ARGS.server_bin = str(Path(ARGS.server_bin).resolve())
     if not os.access(ARGS.server_bin, os.X_OK):
-        print(f"attack.py: no server binary at {ARGS.server_bin} (cargo build --release -p flamingo-server)")
+        print(f"attack.py: no server binary at {ARGS.server_bin} "
+              "(cargo build --release -p flamingo-server --features flamingo-server/test-hooks)")
         return 2
     # Run a private copy: a rebuild of target/ during the run must not swap the binary between
     # the server instances of one run.

@@ -145,14 +145,7 @@ pub fn load_runtime(cfg: &Config, hooks: &TestHooks) -> Result<Runtime, String> 
         .check_tokenizer(&tokenizer)
         .map_err(|e| format!("model.tokenizer ({}): {e}", paths.tokenizer.display()))?;
     crate::filter::warm_up();
-    let mut hooks = hooks.clone();
-    if let Some(text) = &hooks.scripted_output {
-        let ids = tokenizer
-            .encode(text)
-            .map_err(|e| format!("{}: {e}", crate::testing::SCRIPTED_OUTPUT))?;
-        // Without the BOS the encoder puts first.
-        hooks.scripted_ids = Some(ids.into_iter().skip(1).collect());
-    }
+    let hooks = hooks.prepare(&tokenizer)?;
     let model = Arc::new(model);
     let mc = model.config();
     let model_info = LoadedModel {

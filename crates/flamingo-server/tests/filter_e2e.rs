@@ -72,6 +72,7 @@ fn assert_clean(what: &str, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn censor_masks_the_word_everywhere() {
     timed(60, async {
         let s = Server::start_with(&[(SCRIPT, PROFANE)]).await;
@@ -144,6 +145,7 @@ async fn censor_masks_the_word_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn block_mode_withholds_the_output() {
     timed(60, async {
         let s = Server::start_with(&[(SCRIPT, PROFANE), ("FLAMINGO_FILTER_MODE", "block")]).await;
@@ -190,6 +192,7 @@ async fn block_mode_withholds_the_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn off_mode_lets_the_word_through() {
     timed(60, async {
         let s = Server::start_with(&[(SCRIPT, PROFANE), ("FLAMINGO_FILTER_MODE", "off")]).await;
@@ -206,6 +209,7 @@ async fn off_mode_lets_the_word_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn benign_phrase_passes_the_default_filter() {
     timed(60, async {
         let benign = "a great tit bird ";

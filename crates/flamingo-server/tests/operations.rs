@@ -84,6 +84,7 @@ async fn overload_gets_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn requests_past_their_deadline_get_504() {
     timed(120, async {
         let s = Server::start_with(&[
@@ -150,6 +151,7 @@ async fn disconnect_after_two_events(s: &Server) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn client_disconnect_frees_the_sequence() {
     timed(60, async {
         let s = Server::start_with(&[SLOW_STEPS, NO_FILTER]).await;
@@ -200,6 +202,7 @@ async fn cancelled(s: &Server) -> f64 {
 /// Every disconnect that frees a sequence is counted (`flamingo_cancelled_total`, or
 /// `flamingo_sequences_evicted_total{reason="client_gone"}`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn client_disconnects_are_counted_as_cancelled() {
     timed(60, async {
         let s = Server::start_with(&[SLOW_STEPS, NO_FILTER]).await;
@@ -233,6 +236,7 @@ async fn client_disconnects_are_counted_as_cancelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     timed(90, async {
         let mut s = Server::start_with(&[("FLAMINGO_SERVER_DRAIN_TIMEOUT_S", "20"), ("FLAMINGO_LIMITS_MAX_BATCH_SIZE", "1"),

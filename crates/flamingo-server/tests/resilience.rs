@@ -13,6 +13,7 @@ use serde_json::json;
 /// error instead of hanging, `/ready` and `/health` turn 503, new generations are refused at once
 /// with `Retry-After`, and the process itself keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn a_dead_worker_means_503_not_a_hang() {
     timed(60, async {
         let s = Server::start_with(&[("FLAMINGO_TEST_PANIC_AT_STEP", "3")]).await;
@@ -45,6 +46,7 @@ async fn a_dead_worker_means_503_not_a_hang() {
 
 /// A stream that has started gets an `event: error` when the worker dies under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn a_dead_worker_ends_a_started_stream_with_an_error_event() {
     timed(60, async {
         // Filter off: it would hold the random model's unspaced output until the end.

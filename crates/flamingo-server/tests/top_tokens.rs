@@ -97,6 +97,7 @@ async fn generate_reports_top_tokens_of_each_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs the test-hooks feature")]
 async fn masked_tokens_leave_without_alternatives() {
     timed(90, async {
         let s =

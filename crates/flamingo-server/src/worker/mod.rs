@@ -2,11 +2,18 @@
 //! (tokens, preprocessed pixels) through a bounded queue and join the running batch between
 //! decode steps (continuous batching); finished, cancelled (the request's event receiver was
 //! dropped) and expired sequences leave it. The thread only does tensor work: image features
-//! (cached by image hash), `Engine::add`, `Engine::step`.
+//! (cached by image hash), `Backend::add`, `Backend::step`. The model sits behind the
+//! [`Backend`] trait (`backend.rs`): the engine in production, a scripted stand-in in this
+//! module's tests.
 
+pub mod backend;
 pub mod cache;
 pub mod error;
 pub mod policy;
+#[cfg(test)]
+pub(crate) mod scripted;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -26,6 +33,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::images::ImageInput;
 use crate::metrics as m;
 use crate::testing::TestHooks;
+use backend::Backend;
 use cache::SharedFeatureCache;
 pub use error::WorkerError;
 use policy::{admit, BatchLimits, Running, Waiting};
@@ -158,17 +166,38 @@ pub struct WorkerConfig {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
     pub max_kv_bytes: usize,
+    /// The engine's prefill chunk (applied by [`spawn`]).
     pub max_prefill_chunk_tokens: usize,
-    /// Bytes of prompt-prefix history kept for reuse (0 = off).
+    /// Bytes of prompt-prefix history kept for reuse (0 = off; applied by [`spawn`]).
     pub prefix_cache_bytes: usize,
     /// Shared with request preparation, which looks images up before decoding them.
     pub cache: SharedFeatureCache,
     pub max_queue: usize,
     pub retry_after_s: u64,
+    /// Wrapped around the engine by [`spawn`] (they do nothing in a build without the
+    /// `test-hooks` feature).
     pub hooks: TestHooks,
 }
 
+/// Starts the worker thread on the model.
 pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerHandle> {
+    let (prefill_chunk, prefix_cache) = (cfg.max_prefill_chunk_tokens, cfg.prefix_cache_bytes);
+    let hooks = cfg.hooks.clone();
+    spawn_with(cfg, move || {
+        let mut engine = Engine::new(model);
+        engine.set_prefill_chunk(prefill_chunk);
+        engine.set_prefix_cache(prefix_cache);
+        hooks.wrap(engine)
+    })
+}
+
+/// Starts the worker thread on the backend `make` builds there (so the backend itself need not
+/// be `Send`).
+fn spawn_with<B, F>(cfg: WorkerConfig, make: F) -> std::io::Result<WorkerHandle>
+where
+    B: Backend,
+    F: FnOnce() -> B + Send + 'static,
+{
     // The counter in `submit` enforces the bound; the channel's capacity is a backstop.
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue);
     let shared = Arc::new(WorkerShared {
@@ -192,7 +221,7 @@ pub fn spawn(model: Arc<Flamingo>, cfg: WorkerConfig) -> std::io::Result<WorkerH
             // Unwinding drops the worker and the queue receiver, and with them every request's event
             // sender: waiting handlers see their channel close and answer 503 instead of hanging.
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                Worker::new(model, cfg, shared.clone()).run(rx)
+                Worker::new(make(), cfg, shared.clone()).run(rx)
             }));
             shared.mark_dead();
             if result.is_err() {
@@ -213,24 +242,20 @@ struct Slot {
     kv_bytes: usize,
 }
 
-struct Worker {
-    engine: Engine,
+struct Worker<B> {
+    backend: B,
     cache: SharedFeatureCache,
     slots: HashMap<SeqId, Slot>,
     pending: VecDeque<WorkItem>,
     limits: BatchLimits,
     shared: Arc<WorkerShared>,
-    hooks: TestHooks,
     steps: u64,
 }
 
-impl Worker {
-    fn new(model: Arc<Flamingo>, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
-        let mut engine = Engine::new(model);
-        engine.set_prefill_chunk(cfg.max_prefill_chunk_tokens);
-        engine.set_prefix_cache(cfg.prefix_cache_bytes);
+impl<B: Backend> Worker<B> {
+    fn new(backend: B, cfg: WorkerConfig, shared: Arc<WorkerShared>) -> Self {
         Self {
-            engine,
+            backend,
             cache: cfg.cache,
             slots: HashMap::new(),
             pending: VecDeque::new(),
@@ -240,7 +265,6 @@ impl Worker {
                 max_kv_bytes: cfg.max_kv_bytes,
             },
             shared,
-            hooks: cfg.hooks,
             steps: 0,
         }
     }
@@ -250,7 +274,7 @@ impl Worker {
         // last): the worker reads as dead before any waiting request sees its channel close.
         let _dead_on_exit = DeadOnExit(self.shared.clone());
         loop {
-            if self.engine.is_empty() && self.pending.is_empty() {
+            if self.backend.is_empty() && self.pending.is_empty() {
                 // Idle: sleep until a request arrives; all senders gone means the server is done.
                 match rx.recv() {
                     Ok(item) => self.pending.push_back(item),
@@ -262,7 +286,7 @@ impl Worker {
             }
             self.drop_abandoned_pending();
             self.admit_pending();
-            if !self.engine.is_empty() {
+            if !self.backend.is_empty() {
                 self.step();
             }
             self.evict_cancelled_and_expired();
@@ -281,18 +305,18 @@ impl Worker {
     fn publish(&self) {
         self.shared
             .active
-            .store(self.engine.len(), Ordering::SeqCst);
+            .store(self.backend.len(), Ordering::SeqCst);
         let kv = self.kv_reserved();
         self.shared.kv_reserved.store(kv, Ordering::SeqCst);
         metrics::gauge!(m::KV_RESERVED_BYTES).set(kv as f64);
         m::publish_scheduler(
             self.shared.waiting.load(Ordering::SeqCst),
-            self.engine.len(),
+            self.backend.len(),
             kv as f64 / self.limits.max_kv_bytes.max(1) as f64,
         );
         let entries = self.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
         metrics::gauge!(m::IMAGE_CACHE_ENTRIES).set(entries as f64);
-        let prefix = self.engine.prefix_stats();
+        let prefix = self.backend.prefix_stats();
         metrics::counter!(m::PREFIX_CACHE_HITS).absolute(prefix.hits);
         metrics::counter!(m::PREFIX_CACHE_MISSES).absolute(prefix.lookups - prefix.hits);
         metrics::counter!(m::PREFIX_CACHE_REUSED_TOKENS).absolute(prefix.tokens_reused);
@@ -335,8 +359,8 @@ impl Worker {
             })
             .collect();
         let running = Running {
-            rows: self.engine.rows(),
-            tokens: self.engine.pending_tokens(),
+            rows: self.backend.rows(),
+            tokens: self.backend.pending_tokens(),
             kv_bytes: self.kv_reserved(),
         };
         let n = admit(&waiting, running, self.limits);
@@ -416,12 +440,13 @@ impl Worker {
         for chunk in missing.chunks(MAX_IMAGES_PER_ENCODE) {
             let started = Instant::now();
             let pixels: Vec<&[f32]> = chunk.iter().map(|i| i.pixels.as_slice()).collect();
-            let encoded = match guarded(|| self.engine.encode_images(&pixels)) {
+            let encoded = match self.backend.encode_images(&pixels) {
                 Ok(latents) => latents.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(_) if chunk.len() > 1 => chunk
                     .iter()
                     .map(|i| {
-                        guarded(|| self.engine.encode_images(&[i.pixels.as_slice()]))
+                        self.backend
+                            .encode_images(&[i.pixels.as_slice()])
                             .map(|mut v| v.remove(0))
                     })
                     .collect(),
@@ -470,36 +495,26 @@ impl Worker {
             image_keys: item.images.iter().map(|img| img.hash).collect(),
             params: item.params.clone(),
         };
-        guarded(|| self.engine.add(request)).map_err(WorkerError::Refused)
+        self.backend.add(request).map_err(WorkerError::Refused)
     }
 
     fn step(&mut self) {
         self.steps += 1;
         self.shared.steps.store(self.steps, Ordering::SeqCst);
-        if self.hooks.panic_at_step == Some(self.steps) {
-            panic!(
-                "{} reached step {}",
-                crate::testing::PANIC_AT_STEP,
-                self.steps
-            );
-        }
         let (sequences, rows, tokens) = (
-            self.engine.len(),
-            self.engine.rows(),
-            self.engine.pending_tokens(),
+            self.backend.len(),
+            self.backend.rows(),
+            self.backend.pending_tokens(),
         );
         let phase = if tokens > rows { "prefill" } else { "decode" };
         let span = tracing::debug_span!("step", n = self.steps, sequences, rows, tokens, phase);
         let _entered = span.enter();
         let started = Instant::now();
-        let outcome = guarded(|| self.engine.step());
+        let outcome = self.backend.step();
         let elapsed = started.elapsed();
         metrics::histogram!(m::STEP_SECONDS, "phase" => phase).record(elapsed.as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE).record(sequences as f64);
         metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
-        if let Some(d) = self.hooks.step_delay {
-            std::thread::sleep(d);
-        }
         match outcome {
             Ok(events) => self.dispatch(events),
             // A failed step may have left some caches half-updated, so nothing in the batch can
@@ -524,20 +539,11 @@ impl Worker {
                 }
             }
         }
-        for (seq, mut token) in tokens {
-            let mut finish = finishes.remove(&seq).map(|(reason, _)| reason);
+        for (seq, token) in tokens {
+            let finish = finishes.remove(&seq).map(|(reason, _)| reason);
             let Some(slot) = self.slots.get_mut(&seq) else {
                 continue;
             };
-            if let Some(script) = &self.hooks.scripted_ids {
-                if let Some(&id) = script.get(slot.tokens) {
-                    token.id = id;
-                }
-                if slot.tokens + 1 >= script.len() && finish.is_none() {
-                    finish = Some(FinishReason::StopToken);
-                    self.engine.remove(seq);
-                }
-            }
             match slot.last_token {
                 Some(prev) => metrics::histogram!(m::INTER_TOKEN_SECONDS)
                     .record(now.duration_since(prev).as_secs_f64()),
@@ -554,7 +560,7 @@ impl Worker {
             if finish.is_some() || gone {
                 if gone {
                     metrics::counter!(m::EVICTED, "reason" => "client_gone").increment(1);
-                    self.engine.remove(seq);
+                    self.backend.remove(seq);
                 }
                 self.finish_slot(seq);
             }
@@ -586,7 +592,7 @@ impl Worker {
             self.slots.len()
         );
         for (seq, slot) in self.slots.drain() {
-            self.engine.remove(seq);
+            self.backend.remove(seq);
             let _ = slot
                 .events
                 .send(WorkerEvent::Error(WorkerError::ModelFailed(
@@ -613,7 +619,7 @@ impl Worker {
             })
             .collect();
         for (seq, expired) in gone {
-            self.engine.remove(seq);
+            self.backend.remove(seq);
             if let Some(slot) = self.slots.remove(&seq) {
                 if expired {
                     metrics::counter!(m::EVICTED, "reason" => "deadline").increment(1);
@@ -656,20 +662,4 @@ impl WorkerShared {
 
 fn timeout_error() -> WorkerError {
     WorkerError::DeadlinePassed
-}
-
-/// Runs a model call, turning both its error and a panic into a message.
-fn guarded<T>(f: impl FnOnce() -> flamingo_model::Result<T>) -> Result<T, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(panic) => Err(format!(
-            "panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown")
-        )),
-    }
 }
