@@ -375,7 +375,8 @@ pub struct Info {
     pub filter: FilterSection,
     /// API keys are required on the API routes.
     pub auth: bool,
-    /// `FLAMINGO_TEST_*` hooks are set (never in production).
+    /// `FLAMINGO_TEST_*` hooks are set: only in a binary built with the `test-hooks` feature, for
+    /// the test suites (never in production).
     pub test_hooks: bool,
     /// Requests waiting for a batch slot.
     pub queued: usize,
