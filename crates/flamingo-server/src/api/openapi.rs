@@ -4,12 +4,13 @@
 //! flamingo-server openapi` rewrites it), and another when the router's `ROUTES` and the
 //! document list different operations.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, Type};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
 
 use crate::routes;
 
@@ -146,6 +147,60 @@ impl<'r> ToResponse<'r> for OpenAIErrorResponse {
             "OpenAIError",
             error_response(description, "OpenAIError", true),
         )
+    }
+}
+
+/// The error statuses a route answers, each a reference to one of the shared responses.
+fn error_refs(statuses: &[u16], family: Family) -> BTreeMap<String, RefOr<Response>> {
+    statuses
+        .iter()
+        .map(|&status| {
+            let name = match family {
+                Family::OpenAI => "OpenAIError",
+                Family::Tgi if matches!(status, 429 | 503) => "Retry",
+                Family::Tgi => "Error",
+            };
+            (
+                status.to_string(),
+                RefOr::Ref(Ref::from_response_name(name)),
+            )
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    Tgi,
+    OpenAI,
+}
+
+/// What a generation may answer besides 200: bad JSON, a missing key, too large, invalid,
+/// overloaded, unavailable, past its deadline.
+const GENERATION_STATUSES: [u16; 7] = [400, 401, 413, 422, 429, 503, 504];
+
+/// The error responses of the TGI generation routes.
+pub struct GenerationErrors;
+/// The error responses of `/generate_stream`: past the deadline after the stream started is an
+/// `event: error`, not a status.
+pub struct StreamErrors;
+/// The error responses of the OpenAI generation routes.
+pub struct OpenAIErrors;
+
+impl IntoResponses for GenerationErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_refs(&GENERATION_STATUSES, Family::Tgi)
+    }
+}
+
+impl IntoResponses for StreamErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_refs(&GENERATION_STATUSES[..6], Family::Tgi)
+    }
+}
+
+impl IntoResponses for OpenAIErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_refs(&GENERATION_STATUSES, Family::OpenAI)
     }
 }
 

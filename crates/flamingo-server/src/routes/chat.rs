@@ -165,13 +165,7 @@ fn params(req: &ChatRequest) -> Result<(Parameters, u32), ApiError> {
                 (ChatCompletion = "application/json"),
                 (ChatCompletionChunk = "text/event-stream"),
             )),
-        (status = 400, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 401, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 413, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 422, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 429, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 503, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 504, response = crate::api::openapi::OpenAIErrorResponse),
+        crate::api::openapi::OpenAIErrors,
     ))]
 pub async fn chat_completions(
     State(s): State<AppState>,

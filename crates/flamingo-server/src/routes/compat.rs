@@ -28,13 +28,7 @@ use crate::state::AppState;
                 (crate::api::GenerateResponse = "application/json"),
                 (crate::api::StreamEvent = "text/event-stream"),
             )),
-        (status = 400, response = crate::api::openapi::ErrorResponse),
-        (status = 401, response = crate::api::openapi::ErrorResponse),
-        (status = 413, response = crate::api::openapi::ErrorResponse),
-        (status = 422, response = crate::api::openapi::ErrorResponse),
-        (status = 429, response = crate::api::openapi::RetryResponse),
-        (status = 503, response = crate::api::openapi::RetryResponse),
-        (status = 504, response = crate::api::openapi::ErrorResponse),
+        crate::api::openapi::GenerationErrors,
     ))]
 pub async fn compat_generate(
     state: State<AppState>,

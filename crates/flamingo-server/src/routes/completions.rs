@@ -89,13 +89,7 @@ fn params(req: &CompletionRequest) -> Result<(Parameters, u32), ApiError> {
                 (Completion = "application/json"),
                 (Completion = "text/event-stream"),
             )),
-        (status = 400, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 401, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 413, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 422, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 429, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 503, response = crate::api::openapi::OpenAIErrorResponse),
-        (status = 504, response = crate::api::openapi::OpenAIErrorResponse),
+        crate::api::openapi::OpenAIErrors,
     ))]
 pub async fn completions(
     State(s): State<AppState>,

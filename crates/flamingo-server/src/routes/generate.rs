@@ -39,13 +39,7 @@ async fn begin(
             ("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)"),
             ("server-timing" = String, description = "The same durations as x-timings in Server-Timing syntax (prepare, queue, generate, total)"),
         )),
-        (status = 400, response = crate::api::openapi::ErrorResponse),
-        (status = 401, response = crate::api::openapi::ErrorResponse),
-        (status = 413, response = crate::api::openapi::ErrorResponse),
-        (status = 422, response = crate::api::openapi::ErrorResponse),
-        (status = 429, response = crate::api::openapi::RetryResponse),
-        (status = 503, response = crate::api::openapi::RetryResponse),
-        (status = 504, response = crate::api::openapi::ErrorResponse),
+        crate::api::openapi::GenerationErrors,
     ))]
 pub async fn generate(
     State(s): State<AppState>,
@@ -144,12 +138,7 @@ pub fn timing_headers(response: &mut Response, g: &Generation) {
     request_body = GenerateRequest,
     responses(
         (status = 200, description = "Event stream", body = StreamEvent, content_type = "text/event-stream"),
-        (status = 400, response = crate::api::openapi::ErrorResponse),
-        (status = 401, response = crate::api::openapi::ErrorResponse),
-        (status = 413, response = crate::api::openapi::ErrorResponse),
-        (status = 422, response = crate::api::openapi::ErrorResponse),
-        (status = 429, response = crate::api::openapi::RetryResponse),
-        (status = 503, response = crate::api::openapi::RetryResponse),
+        crate::api::openapi::StreamErrors,
     ))]
 pub async fn generate_stream(
     State(s): State<AppState>,
