@@ -50,18 +50,41 @@ def send(doc, base, path, body, status=200):
 
 
 def events(base, path, body):
-    """The `data:` payloads of a server-sent event stream (`[DONE]` left out)."""
+    """The events of a server-sent event stream: `{"data": ..., "event"?: ...}`."""
     req = urllib.request.Request(
         base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
     )
-    out = []
+    out, event = [], {}
     with urllib.request.urlopen(req, timeout=120) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.read().decode().splitlines():
-            if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                out.append(json.loads(line[5:]))
+            if line.startswith("data:"):
+                event["data"] = line[5:].strip()
+            elif line.startswith("event:"):
+                event["event"] = line[6:].strip()
+            elif not line and event:
+                out.append(event)
+                event = {}
     assert out
     return out
+
+
+def check_stream(doc, stream, path):
+    """Each event against the documented event schema, and its JSON payload against the schema
+    the event schema names (`contentSchema`, which validators only annotate)."""
+    envelope = schema_of(doc, path, "post", 200, content_type="text/event-stream")
+    name = envelope["$ref"].rsplit("/", 1)[1]
+    payload = doc["components"]["schemas"][name]["properties"]["data"]["contentSchema"]
+    payloads = []
+    for event in stream:
+        OAS31Validator(envelope).validate(event)
+        if event["data"] == "[DONE]":
+            continue
+        assert "event" not in event, event
+        body = json.loads(event["data"])
+        OAS31Validator({**payload, "components": doc["components"]}).validate(body)
+        payloads.append(body)
+    return payloads
 
 
 def test_the_document_is_valid_openapi_3_1(doc):
@@ -99,10 +122,8 @@ def test_generate_responses_match_the_spec(doc, url):
     _, answer = send(doc, url, "/generate", body)
     assert answer["details"]["tokens"] and answer["details"]["top_tokens"]
     check(doc, answer, "/generate", "post", 200)
-    for event in events(url, "/generate_stream", body):
-        check(doc, event, "/generate_stream", "post", 200, content_type="text/event-stream")
-    for event in events(url, "/", {**body, "stream": True}):
-        check(doc, event, "/", "post", 200, content_type="text/event-stream")
+    check_stream(doc, events(url, "/generate_stream", body), "/generate_stream")
+    check_stream(doc, events(url, "/", {**body, "stream": True}), "/")
     _, answer = send(doc, url, "/", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
     check(doc, answer, "/", "post", 200)
 
@@ -127,17 +148,14 @@ def test_openai_responses_match_the_spec(doc, url):
     assert answer["choices"][1]["logprobs"] is not None
     check(doc, answer, "/v1/chat/completions", "post", 200)
     streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = events(url, "/v1/chat/completions", streamed)
+    chunks = check_stream(doc, events(url, "/v1/chat/completions", streamed), "/v1/chat/completions")
     assert chunks[-1]["usage"] is not None
-    for chunk in chunks:
-        check(doc, chunk, "/v1/chat/completions", "post", 200, content_type="text/event-stream")
 
     completion = {"prompt": "A photo of", "max_tokens": 4, "logprobs": 2, "n": 2, "seed": 3, "temperature": 0.7}
     _, answer = send(doc, url, "/v1/completions", completion)
     check(doc, answer, "/v1/completions", "post", 200)
     streamed = {**completion, "stream": True, "stream_options": {"include_usage": True}}
-    for chunk in events(url, "/v1/completions", streamed):
-        check(doc, chunk, "/v1/completions", "post", 200, content_type="text/event-stream")
+    check_stream(doc, events(url, "/v1/completions", streamed), "/v1/completions")
 
 
 def test_other_routes_match_the_spec(doc, url):

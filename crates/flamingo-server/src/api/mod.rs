@@ -9,3 +9,4 @@ mod schemas;
 
 pub use request::*;
 pub use response::*;
+pub use schemas::{ChatCompletionChunkSse, CompletionSse, StreamEventSse};

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
@@ -80,11 +81,14 @@ struct SharedParts;
 impl Modify for SharedParts {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
-        if let Some(fields) = components.schemas.remove("GenerateRequest") {
-            components.schemas.insert(
-                "GenerateRequest".to_string(),
-                super::schemas::generate_request(fields),
-            );
+        let rules: [(&str, fn(RefOr<Schema>) -> RefOr<Schema>); 2] = [
+            ("GenerateRequest", super::schemas::generate_request),
+            ("ChatMessage", super::schemas::chat_message),
+        ];
+        for (name, rule) in rules {
+            if let Some(fields) = components.schemas.remove(name) {
+                components.schemas.insert(name.to_string(), rule(fields));
+            }
         }
         components.add_security_scheme(
             "bearer",

@@ -47,6 +47,7 @@ pub struct Parameters {
     #[schema(schema_with = s::stop_token_ids)]
     pub stop_token_ids: Option<Vec<u32>>,
     /// Sampling seed; a random one is drawn and reported when sampling without one.
+    #[schema(schema_with = s::seed)]
     pub seed: Option<u64>,
     /// > 1: beam search (not with sampling, not on the stream route).
     #[schema(minimum = 1, maximum = 8, default = 1)]
@@ -219,6 +220,7 @@ pub struct ChatRequest {
     #[schema(schema_with = s::repetition_penalty)]
     pub repetition_penalty: Option<f64>,
     /// Choice i samples with seed + i.
+    #[schema(schema_with = s::seed)]
     pub seed: Option<u64>,
     #[schema(schema_with = s::stop_field)]
     pub stop: Option<StopField>,
@@ -325,6 +327,7 @@ pub struct CompletionRequest {
     pub stop: Option<StopField>,
     #[schema(schema_with = s::stop_token_ids)]
     pub stop_token_ids: Option<Vec<u32>>,
+    #[schema(schema_with = s::seed)]
     pub seed: Option<u64>,
     /// Legacy log-probabilities: this many alternatives per token (0..=5, OpenAI's range):
     /// `tokens`, `token_logprobs`, `top_logprobs` (`{text: logprob}`), `text_offset`.
@@ -405,10 +408,37 @@ pub enum ChatContent {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "TaggedPart")]
 pub enum ChatPart {
     Text { text: String },
     ImageUrl { image_url: ImageUrl },
+}
+
+/// A content part as sent. serde's tagged enums also take a variant's index as its tag
+/// (`"type": 0` would be a text part); the tag here must be the name.
+#[derive(Deserialize)]
+struct TaggedPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    image_url: Option<ImageUrl>,
+}
+
+impl TryFrom<TaggedPart> for ChatPart {
+    type Error = String;
+
+    fn try_from(part: TaggedPart) -> Result<Self, String> {
+        match (part.kind.as_str(), part.text, part.image_url) {
+            ("text", Some(text), _) => Ok(ChatPart::Text { text }),
+            ("image_url", _, Some(image_url)) => Ok(ChatPart::ImageUrl { image_url }),
+            ("text", None, _) => Err("a text part needs `text`".into()),
+            ("image_url", _, None) => Err("an image_url part needs `image_url`".into()),
+            (other, _, _) => Err(format!(
+                "unknown content part type `{}`, expected `text` or `image_url`",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -456,6 +486,29 @@ where
 #[cfg(test)]
 mod object_tests {
     use super::*;
+
+    #[test]
+    fn content_part_tags_are_names_not_indices() {
+        let part = |json: &str| serde_json::from_str::<ChatPart>(json);
+        assert!(matches!(
+            part(r#"{"type": "text", "text": "a"}"#),
+            Ok(ChatPart::Text { .. })
+        ));
+        assert!(matches!(
+            part(r#"{"type": "image_url", "image_url": {"url": "x"}}"#),
+            Ok(ChatPart::ImageUrl { .. })
+        ));
+        for bad in [
+            r#"{"type": 0, "text": "a"}"#,
+            r#"{"type": 1, "image_url": {"url": "x"}}"#,
+            r#"{"type": "text"}"#,
+            r#"{"type": "image_url", "text": "a"}"#,
+            r#"{"type": "audio", "text": "a"}"#,
+            r#"{"text": "a"}"#,
+        ] {
+            assert!(part(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn nested_objects_refuse_the_array_form() {

@@ -9,6 +9,7 @@ use utoipa::openapi::schema::{
     AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
 };
 use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::validation::{MAX_STOP_BYTES, MAX_STOP_TOKEN_IDS};
 
@@ -276,5 +277,110 @@ pub fn generate_request(fields: RefOr<Schema>) -> RefOr<Schema> {
                 .item(has("query", Type::Object)),
         )
         .item(ObjectBuilder::new().extensions(Some(Extensions::from_iter([("not", mixed)]))))
+        .into()
+}
+
+/// `ChatMessage`: only user messages carry images (422 otherwise). `fields` is the derived schema
+/// of its fields.
+pub fn chat_message(fields: RefOr<Schema>) -> RefOr<Schema> {
+    let text_part = ObjectBuilder::new().property(
+        "type",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["text"])),
+    );
+    let without_images = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(nullable(Type::String)))
+        .item(ArrayBuilder::new().items(text_part));
+    AllOfBuilder::new()
+        .item(fields)
+        .item(
+            AnyOfBuilder::new()
+                .item(
+                    ObjectBuilder::new().property(
+                        "role",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(["user"])),
+                    ),
+                )
+                .item(ObjectBuilder::new().property("content", without_images)),
+        )
+        .into()
+}
+
+/// A server-sent event whose `data` is one JSON `payload`, described as OpenAPI 3.1 describes an
+/// event stream's items: an object with the event's fields, the payload's own schema under
+/// `contentSchema`.
+fn sse_event(payload: &str) -> RefOr<Schema> {
+    let payload = json!({"$ref": format!("#/components/schemas/{payload}")});
+    let data = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/json")
+        .extensions(Some(Extensions::from_iter([("contentSchema", payload)])))
+        .description(Some(
+            "one JSON body; on an `error` event the route's error body instead; the OpenAI routes \
+             end with `[DONE]`",
+        ));
+    let event = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "absent on data events; `error` for a failure after the stream started",
+        ));
+    ObjectBuilder::new()
+        .property("event", event)
+        .property("data", data)
+        .required("data")
+        .into()
+}
+
+/// Declares the event type of a stream whose events carry `$payload` (a schema of its own,
+/// registered with it).
+macro_rules! sse_event_type {
+    ($(#[$doc:meta])* $name:ident, $payload:ty) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                sse_event(&<$payload as ToSchema>::name())
+            }
+        }
+
+        impl ToSchema for $name {
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                schemas.push((<$payload>::name().into_owned(), <$payload>::schema()));
+                <$payload>::schemas(schemas);
+            }
+        }
+    };
+}
+
+sse_event_type!(
+    /// An event of `/generate_stream` (and of `POST /` with `stream: true`).
+    StreamEventSse,
+    super::StreamEvent
+);
+sse_event_type!(
+    /// An event of `/v1/chat/completions` with `stream: true`.
+    ChatCompletionChunkSse,
+    super::ChatCompletionChunk
+);
+sse_event_type!(
+    /// An event of `/v1/completions` with `stream: true`.
+    CompletionSse,
+    super::Completion
+);
+
+/// A sampling seed: any unsigned 64-bit integer.
+pub fn seed() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Integer))
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX))
+        .description(Some(
+            "sampling seed; when sampling without one a random seed is drawn (and reported in \
+             details.seed); on the OpenAI routes choice i samples with seed + i",
+        ))
         .into()
 }

@@ -163,7 +163,7 @@ fn params(req: &ChatRequest) -> Result<(Parameters, u32), ApiError> {
             headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
             content(
                 (ChatCompletion = "application/json"),
-                (ChatCompletionChunk = "text/event-stream"),
+                (crate::api::ChatCompletionChunkSse = "text/event-stream"),
             )),
         crate::api::openapi::OpenAIErrors,
     ))]

@@ -26,7 +26,7 @@ use crate::state::AppState;
             headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
             content(
                 (crate::api::GenerateResponse = "application/json"),
-                (crate::api::StreamEvent = "text/event-stream"),
+                (crate::api::StreamEventSse = "text/event-stream"),
             )),
         crate::api::openapi::GenerationErrors,
     ))]

@@ -87,7 +87,7 @@ fn params(req: &CompletionRequest) -> Result<(Parameters, u32), ApiError> {
             headers(("x-timings" = String, description = "Where the time went, in ms: `prepare=..;queue=..;model=..;total=..` (see the API description)")),
             content(
                 (Completion = "application/json"),
-                (Completion = "text/event-stream"),
+                (crate::api::CompletionSse = "text/event-stream"),
             )),
         crate::api::openapi::OpenAIErrors,
     ))]

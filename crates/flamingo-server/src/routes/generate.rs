@@ -137,7 +137,7 @@ pub fn timing_headers(response: &mut Response, g: &Generation) {
 #[utoipa::path(post, path = "/generate_stream", tag = "TGI",
     request_body = GenerateRequest,
     responses(
-        (status = 200, description = "Event stream", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 200, description = "Event stream", body = crate::api::StreamEventSse, content_type = "text/event-stream"),
         crate::api::openapi::StreamErrors,
     ))]
 pub async fn generate_stream(

@@ -202,7 +202,7 @@ pub async fn models(State(s): State<AppState>) -> Json<ModelList> {
 ///
 /// This OpenAPI document as YAML text, generated from the server's types.
 #[utoipa::path(get, path = "/openapi.yaml", tag = "operations", security(()),
-    responses((status = 200, description = "The OpenAPI document (YAML)", body = String, content_type = "application/yaml")))]
+    responses((status = 200, description = "The OpenAPI document (YAML)", body = Object, content_type = "application/yaml")))]
 pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
