@@ -74,7 +74,8 @@ def check_stream(doc, stream, path):
     the event schema names (`contentSchema`, which validators only annotate)."""
     envelope = schema_of(doc, path, "post", 200, content_type="text/event-stream")
     name = envelope["$ref"].rsplit("/", 1)[1]
-    payload = doc["components"]["schemas"][name]["properties"]["data"]["contentSchema"]
+    data = doc["components"]["schemas"][name]["properties"]["data"]
+    payload = next(d for d in data.get("anyOf", [data]) if "contentSchema" in d)["contentSchema"]
     payloads = []
     for event in stream:
         OAS31Validator(envelope).validate(event)

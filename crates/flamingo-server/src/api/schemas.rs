@@ -312,16 +312,29 @@ pub fn chat_message(fields: RefOr<Schema>) -> RefOr<Schema> {
 /// A server-sent event whose `data` is one JSON `payload`, described as OpenAPI 3.1 describes an
 /// event stream's items: an object with the event's fields, the payload's own schema under
 /// `contentSchema`.
-fn sse_event(payload: &str) -> RefOr<Schema> {
+fn sse_event(payload: &str, ends_with_done: bool) -> RefOr<Schema> {
     let payload = json!({"$ref": format!("#/components/schemas/{payload}")});
-    let data = ObjectBuilder::new()
+    let json_body = ObjectBuilder::new()
         .schema_type(Type::String)
         .content_media_type("application/json")
         .extensions(Some(Extensions::from_iter([("contentSchema", payload)])))
         .description(Some(
-            "one JSON body; on an `error` event the route's error body instead; the OpenAI routes \
-             end with `[DONE]`",
+            "one JSON body; on an `error` event the route's error body instead",
         ));
+    // anyOf: `contentMediaType` only annotates, so to a plain validator `[DONE]` is both.
+    let data: RefOr<Schema> = if ends_with_done {
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["[DONE]"]))
+                    .description(Some("the last event")),
+            )
+            .item(json_body)
+            .into()
+    } else {
+        json_body.into()
+    };
     let event = ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some(
@@ -335,15 +348,15 @@ fn sse_event(payload: &str) -> RefOr<Schema> {
 }
 
 /// Declares the event type of a stream whose events carry `$payload` (a schema of its own,
-/// registered with it).
+/// registered with it) and, on the OpenAI routes, end with `data: [DONE]`.
 macro_rules! sse_event_type {
-    ($(#[$doc:meta])* $name:ident, $payload:ty) => {
+    ($(#[$doc:meta])* $name:ident, $payload:ty, ends_with_done: $done:literal) => {
         $(#[$doc])*
         pub struct $name;
 
         impl PartialSchema for $name {
             fn schema() -> RefOr<Schema> {
-                sse_event(&<$payload as ToSchema>::name())
+                sse_event(&<$payload as ToSchema>::name(), $done)
             }
         }
 
@@ -359,17 +372,20 @@ macro_rules! sse_event_type {
 sse_event_type!(
     /// An event of `/generate_stream` (and of `POST /` with `stream: true`).
     StreamEventSse,
-    super::StreamEvent
+    super::StreamEvent,
+    ends_with_done: false
 );
 sse_event_type!(
     /// An event of `/v1/chat/completions` with `stream: true`.
     ChatCompletionChunkSse,
-    super::ChatCompletionChunk
+    super::ChatCompletionChunk,
+    ends_with_done: true
 );
 sse_event_type!(
     /// An event of `/v1/completions` with `stream: true`.
     CompletionSse,
-    super::Completion
+    super::Completion,
+    ends_with_done: true
 );
 
 /// A sampling seed: any unsigned 64-bit integer.
