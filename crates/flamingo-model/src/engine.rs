@@ -388,12 +388,19 @@ impl Engine {
         if self.active.is_empty() {
             return Ok(Vec::new());
         }
+        let plan = self.plan();
+        let feeds = self.feeds(&plan);
+        let logits = self.forward_feeds(&plan, &feeds)?;
+        self.advance(&plan, logits)
+    }
+
+    /// What each planned sequence feeds this step: tokens and their media times (a prompt part,
+    /// or the last chosen token of the sequence or of each beam).
+    fn feeds(&self, plan: &[Feed]) -> Vec<(Vec<u32>, Vec<u32>)> {
         let rule = self.model.config().media_rule;
         let image_token = self.model.image_token_id();
-        let plan = self.plan();
-        // Owned token/media-time lists first, so the packed inputs can borrow them.
-        let mut feeds: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
-        for (a, feed) in self.active.iter().zip(&plan) {
+        let mut feeds = Vec::new();
+        for (a, feed) in self.active.iter().zip(plan) {
             let prompt_part = |n: usize| {
                 let range = a.fed..a.fed + n;
                 (
@@ -418,8 +425,18 @@ impl Engine {
                 Decoding::Beam(b) => feeds.extend(b.rows.iter().map(|r| last(&r.tokens))),
             }
         }
+        feeds
+    }
+
+    /// One packed forward over the feeds, each against its row's caches; one logits row per
+    /// feed.
+    fn forward_feeds(
+        &mut self,
+        plan: &[Feed],
+        feeds: &[(Vec<u32>, Vec<u32>)],
+    ) -> Result<Vec<Vec<f32>>> {
         let mut states: Vec<&mut SequenceState> = Vec::with_capacity(feeds.len());
-        for (a, feed) in self.active.iter_mut().zip(&plan) {
+        for (a, feed) in self.active.iter_mut().zip(plan) {
             if *feed == Feed::Idle {
                 continue;
             }
@@ -433,23 +450,26 @@ impl Engine {
         }
         let mut inputs: Vec<PackedInput> = states
             .into_iter()
-            .zip(&feeds)
+            .zip(feeds)
             .map(|(state, (tokens, media_time))| PackedInput {
                 state,
                 tokens,
                 media_time,
             })
             .collect();
-        let logits = self
+        Ok(self
             .model
             .forward(&mut inputs, LogitsFor::LastToken, None)?
-            .to_vec2::<f32>()?;
-        drop(inputs);
+            .to_vec2::<f32>()?)
+    }
 
+    /// Takes each fed sequence one step on: a prompt chunk only moves `fed`; otherwise the next
+    /// token is chosen (or the beams advance) and finished sequences leave.
+    fn advance(&mut self, plan: &[Feed], logits: Vec<Vec<f32>>) -> Result<Vec<Event>> {
         let mut events = Vec::new();
         let mut rows = logits.into_iter();
         let mut finished = Vec::new();
-        for (a, feed) in self.active.iter_mut().zip(&plan) {
+        for (a, feed) in self.active.iter_mut().zip(plan) {
             match *feed {
                 Feed::Idle => continue,
                 Feed::PromptChunk(n) => {
@@ -464,26 +484,12 @@ impl Engine {
                     store_snapshots(&mut self.prefix, a)?;
                 }
             }
-            let reason = match &mut a.decoding {
+            let end = match &mut a.decoding {
                 Decoding::Single(s) => {
                     let row = rows.next().expect("one row per sequence");
-                    // Only the repetition penalty looks at history; don't copy it every step otherwise.
-                    let penalised = s
-                        .sampler
-                        .params()
-                        .repetition_penalty
-                        .is_some_and(|p| p != 1.0);
-                    let seen: Vec<u32> = if penalised {
-                        a.prompt.iter().chain(&s.generated).copied().collect()
-                    } else {
-                        Vec::new()
-                    };
-                    let (id, logprob, top) = s.sampler.next_with_top(&row, &seen, a.params.top_n);
-                    s.generated.push(id);
-                    events.push(Event::Token {
-                        seq: a.id,
-                        token: GeneratedToken { id, logprob, top },
-                    });
+                    let token = choose_next(s, &a.prompt, &a.params, &row);
+                    let id = token.id;
+                    events.push(Event::Token { seq: a.id, token });
                     if a.params.stop_tokens.contains(&id) {
                         Some((FinishReason::StopToken, Vec::new()))
                     } else if s.generated.len() >= a.params.max_new_tokens {
@@ -502,7 +508,7 @@ impl Engine {
                     beam_step(b, &logits, a.prompt.len(), &a.params)?
                 }
             };
-            if let Some((reason, hypotheses)) = reason {
+            if let Some((reason, hypotheses)) = end {
                 finished.push(a.id);
                 events.push(Event::Finished {
                     seq: a.id,
@@ -514,6 +520,29 @@ impl Engine {
         self.active.retain(|a| !finished.contains(&a.id));
         Ok(events)
     }
+}
+
+/// Samples (or picks greedily) a sequence's next token from its logits row and appends it.
+fn choose_next(
+    s: &mut Single,
+    prompt: &[u32],
+    params: &GenerationParams,
+    row: &[f32],
+) -> GeneratedToken {
+    // Only the repetition penalty looks at history; don't copy it every step otherwise.
+    let penalised = s
+        .sampler
+        .params()
+        .repetition_penalty
+        .is_some_and(|p| p != 1.0);
+    let seen: Vec<u32> = if penalised {
+        prompt.iter().chain(&s.generated).copied().collect()
+    } else {
+        Vec::new()
+    };
+    let (id, logprob, top) = s.sampler.next_with_top(row, &seen, params.top_n);
+    s.generated.push(id);
+    GeneratedToken { id, logprob, top }
 }
 
 /// Stores the prefix snapshots the prefill has passed (before the first step moves a beam
@@ -549,7 +578,6 @@ fn beam_step(
     prompt_len: usize,
     params: &GenerationParams,
 ) -> Result<Option<(FinishReason, Vec<Hypothesis>)>> {
-    let num_beams = params.num_beams;
     let logprobs: Vec<Vec<f32>> = logits.iter().map(|l| log_softmax(l)).collect();
     // At the first step every beam holds the prompt and all but the first score -1e9, so only
     // the first beam's continuations can win: run it alone.
@@ -558,40 +586,58 @@ fn beam_step(
     } else {
         b.rows.iter().map(|r| r.score).collect()
     };
-    let candidates = top_candidates(&scores, &logprobs, 2 * num_beams);
+    let candidates = top_candidates(&scores, &logprobs, 2 * params.num_beams);
     let cur_len = prompt_len + b.steps;
-    let history = |beam: usize| {
-        b.rows
-            .get(beam)
-            .map(|r| r.tokens.clone())
-            .unwrap_or_default()
-    };
-    let history_logprobs = |beam: usize| {
-        b.rows
-            .get(beam)
-            .map(|r| r.logprobs.clone())
-            .unwrap_or_default()
-    };
-    let mut chosen: Vec<(Candidate, f32)> = Vec::with_capacity(num_beams);
+    let chosen = choose_beams(b, &candidates, &logprobs, cur_len, params);
+    let done = b.hypotheses.is_done(candidates[0].score, cur_len);
+    b.rows = next_rows(b, chosen, params.num_beams)?;
+    b.steps += 1;
+    if !done && b.steps < params.max_new_tokens {
+        return Ok(None);
+    }
+    Ok(Some(finish_search(b, done, prompt_len, params)))
+}
+
+/// The best candidates that continue (`num_beams` of them, with their token's log-probability);
+/// a candidate ending in a stop token among the first `num_beams` becomes a hypothesis instead.
+fn choose_beams(
+    b: &mut BeamSearch,
+    candidates: &[Candidate],
+    logprobs: &[Vec<f32>],
+    cur_len: usize,
+    params: &GenerationParams,
+) -> Vec<(Candidate, f32)> {
+    let mut chosen: Vec<(Candidate, f32)> = Vec::with_capacity(params.num_beams);
     for (rank, c) in candidates.iter().enumerate() {
         let token_logprob = logprobs[c.beam][c.token as usize];
         if params.stop_tokens.contains(&c.token) {
-            if rank >= num_beams {
+            if rank >= params.num_beams {
                 continue;
             }
-            let (mut tokens, mut lps) = (history(c.beam), history_logprobs(c.beam));
+            let (mut tokens, mut lps) = match b.rows.get(c.beam) {
+                Some(r) => (r.tokens.clone(), r.logprobs.clone()),
+                None => (Vec::new(), Vec::new()),
+            };
             tokens.push(c.token);
             lps.push(token_logprob);
             b.hypotheses.add(tokens, lps, c.score, cur_len);
         } else {
             chosen.push((*c, token_logprob));
-            if chosen.len() == num_beams {
+            if chosen.len() == params.num_beams {
                 break;
             }
         }
     }
-    let done = b.hypotheses.is_done(candidates[0].score, cur_len);
-    // New rows: a parent's caches move to its last child and are copied for the others.
+    chosen
+}
+
+/// The beams after this step: a parent's caches move to its last child and are copied for the
+/// others (at the first step the prompt's caches are the only parent).
+fn next_rows(
+    b: &mut BeamSearch,
+    chosen: Vec<(Candidate, f32)>,
+    num_beams: usize,
+) -> Result<Vec<BeamRow>> {
     let mut parents: Vec<Option<BeamRow>> = match b.prompt_state.take() {
         Some(state) => vec![Some(BeamRow {
             state,
@@ -624,14 +670,20 @@ fn beam_step(
         row.score = c.score;
         rows.push(row);
     }
-    b.rows = rows;
-    b.steps += 1;
-    if !done && b.steps < params.max_new_tokens {
-        return Ok(None);
-    }
+    Ok(rows)
+}
+
+/// The search's end: the hypotheses ranked (the running beams join them when the search ran
+/// out of steps rather than being done), and why it ended.
+fn finish_search(
+    b: &mut BeamSearch,
+    done: bool,
+    prompt_len: usize,
+    params: &GenerationParams,
+) -> (FinishReason, Vec<Hypothesis>) {
     let mut hyps = std::mem::replace(
         &mut b.hypotheses,
-        BeamHypotheses::new(num_beams, params.length_penalty),
+        BeamHypotheses::new(params.num_beams, params.length_penalty),
     );
     if !done {
         for r in &b.rows {
@@ -663,5 +715,5 @@ fn beam_step(
         Some(t) if params.stop_tokens.contains(&t.id) => FinishReason::StopToken,
         _ => FinishReason::Length,
     };
-    Ok(Some((reason, ranked)))
+    (reason, ranked)
 }

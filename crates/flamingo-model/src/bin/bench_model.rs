@@ -402,30 +402,34 @@ fn preprocess_mode(args: &[String]) -> BoxResult<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("attention") {
-        return attention_mode();
+    match args.first().map(String::as_str) {
+        Some("attention") => attention_mode(),
+        Some("linear") => {
+            let dim = |i: usize| args.get(i).and_then(|d| d.parse().ok());
+            linear_mode(dim(1).zip(dim(2)))
+        }
+        Some("precision") => {
+            let dir = args
+                .get(1)
+                .ok_or("usage: bench_model precision MODEL_DIR")?;
+            precision_mode(std::path::Path::new(dir))
+        }
+        Some("preprocess") => preprocess_mode(&args[1..]),
+        Some("requests") => {
+            let dir = args
+                .get(1)
+                .ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
+            let repeats = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
+            let batch = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(16);
+            requests_mode(std::path::Path::new(dir), repeats, batch)
+        }
+        _ => model_mode(&args),
     }
-    if args.first().map(String::as_str) == Some("linear") {
-        let dim = |i: usize| args.get(i).and_then(|d| d.parse().ok());
-        return linear_mode(dim(1).zip(dim(2)));
-    }
-    if args.first().map(String::as_str) == Some("precision") {
-        let dir = args
-            .get(1)
-            .ok_or("usage: bench_model precision MODEL_DIR")?;
-        return precision_mode(std::path::Path::new(dir));
-    }
-    if args.first().map(String::as_str) == Some("preprocess") {
-        return preprocess_mode(&args[1..]);
-    }
-    if args.first().map(String::as_str) == Some("requests") {
-        let dir = args
-            .get(1)
-            .ok_or("usage: bench_model requests MODEL_DIR [REPEATS] [BATCH]")?;
-        let repeats = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
-        let batch = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(16);
-        return requests_mode(std::path::Path::new(dir), repeats, batch);
-    }
+}
+
+/// `bench_model [fixture|medium|9b|DIR] [--dtype ..] [--device ..] [--quant ..] ...`: image
+/// encode, prefill, decode at several batch sizes, and decode cost over a long generation.
+fn model_mode(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let which = args.first().map(String::as_str).unwrap_or("fixture");
     let flag = |name: &str| {
         args.iter()
@@ -433,18 +437,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let device = match flag("--device").as_deref() {
+        Some("cuda") => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    };
+    let started = Instant::now();
+    let model = Arc::new(load_model(which, &flag, &device)?);
+    let cfg = model.config().clone();
+    println!(
+        "model={which} dtype={:?} vit={}x{} llama={}x{} (xattn every {}) vocab={} load={:.2}s threads={}",
+        model.dtype(),
+        cfg.vision.width,
+        cfg.vision.layers,
+        cfg.llama.hidden_size,
+        cfg.llama.num_hidden_layers,
+        cfg.cross_attn_every_n_layers,
+        cfg.vocab_size(),
+        started.elapsed().as_secs_f64(),
+        candle_core::utils::get_num_threads()
+    );
+    let bench = Bench {
+        model,
+        device,
+        reps: flag("--reps").and_then(|r| r.parse().ok()).unwrap_or(5),
+        decode_only: args.iter().any(|a| a == "--decode-only"),
+    };
+    let latents = bench.image_encode()?;
+    if args.iter().any(|a| a == "--encode-only") {
+        return Ok(());
+    }
+    let prompt = bench.prefill(&latents)?;
+    let batches: Vec<usize> = flag("--batches")
+        .map(|b| b.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16]);
+    bench.decode(&prompt, &latents, &batches)?;
+    let long = flag("--long")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize);
+    bench.long_decode(&prompt, &latents, long)?;
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
+
+/// The model to measure: the tiny fixture, a random model of the medium or 9B shape, or the
+/// release files in a folder.
+fn load_model(
+    which: &str,
+    flag: &dyn Fn(&str) -> Option<String>,
+    device: &Device,
+) -> Result<Flamingo, Box<dyn std::error::Error>> {
     let dtype = match flag("--dtype").as_deref() {
         Some("f16") => DType::F16,
         Some("bf16") => DType::BF16,
         _ => DType::F32,
     };
-    let device = match flag("--device").as_deref() {
-        Some("cuda") => Device::new_cuda(0)?,
-        _ => Device::Cpu,
-    };
-    let batches: Vec<usize> = flag("--batches")
-        .map(|b| b.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 4, 16]);
     let opts = LoadOptions {
         dtype,
         device: device.clone(),
@@ -455,8 +501,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("q4k") => Some(flamingo_model::linear::Quantization::Q4K),
         _ => None,
     };
-    let started = Instant::now();
-    let model = match which {
+    Ok(match which {
         "fixture" => Flamingo::load_with(
             &ModelPaths::from_dir(std::path::Path::new(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -478,154 +523,146 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &opts,
             quant,
         )?,
-    };
-    let cfg = model.config().clone();
-    println!(
-        "model={which} dtype={dtype:?} vit={}x{} llama={}x{} (xattn every {}) vocab={} load={:.2}s threads={}",
-        cfg.vision.width,
-        cfg.vision.layers,
-        cfg.llama.hidden_size,
-        cfg.llama.num_hidden_layers,
-        cfg.cross_attn_every_n_layers,
-        cfg.vocab_size(),
-        started.elapsed().as_secs_f64(),
-        candle_core::utils::get_num_threads()
-    );
-    let model = Arc::new(model);
-    let engine = Engine::new(model.clone());
-    let size = cfg.vision.image_size;
-    let pixels: Vec<f32> = (0..3 * size * size)
-        .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
-        .collect();
+    })
+}
 
-    // Image encode (ViT + resampler), one image.
-    let reps: usize = flag("--reps").and_then(|r| r.parse().ok()).unwrap_or(5);
-    let decode_only = args.iter().any(|a| a == "--decode-only");
-    let mut encode = Vec::new();
-    let mut latents = None;
-    for _ in 0..if decode_only { 1 } else { reps } {
-        let t = Instant::now();
-        latents = Some(engine.encode_images(&[&pixels])?.remove(0));
-        encode.push(t.elapsed().as_secs_f64());
-    }
-    let latents = latents.expect("encoded").unsqueeze(0)?;
-    println!(
-        "image encode (1 image): {:.1} ms (fastest of {reps}: {:.1} ms)",
-        median(encode.clone()) * 1e3,
-        encode.iter().copied().fold(f64::INFINITY, f64::min) * 1e3
-    );
-    let many = if decode_only { 0 } else { 16 };
-    let refs: Vec<&[f32]> = (0..many).map(|_| pixels.as_slice()).collect();
-    let mut batched = Vec::new();
-    for _ in 0..if decode_only { 0 } else { reps.div_ceil(2) } {
-        let t = Instant::now();
-        engine.encode_images(&refs)?;
-        batched.push(t.elapsed().as_secs_f64() / many as f64);
-    }
-    if !batched.is_empty() {
-        println!(
-            "image encode ({many} images in one call): {:.1} ms per image (fastest {:.1} ms)",
-            median(batched.clone()) * 1e3,
-            batched.iter().copied().fold(f64::INFINITY, f64::min) * 1e3
-        );
-    }
-    let px = Tensor::from_vec(pixels.clone(), (1, 3, size, size), &Device::Cpu)?;
-    device.synchronize()?;
-    let (mut vit, mut resampler) = (Vec::new(), Vec::new());
-    for _ in 0..if decode_only { 1 } else { reps } {
-        let t = Instant::now();
-        let tokens = model.vision_tokens(&px)?;
-        vit.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        model.resample(&tokens)?;
-        resampler.push(t.elapsed().as_secs_f64());
-    }
-    println!(
-        "  of which ViT {:.1} ms, resampler {:.1} ms",
-        median(vit) * 1e3,
-        median(resampler) * 1e3
-    );
+struct Bench {
+    model: Arc<Flamingo>,
+    device: Device,
+    reps: usize,
+    /// Only what decoding needs, each decode measurement repeated `reps` times.
+    decode_only: bool,
+}
 
-    if args.iter().any(|a| a == "--encode-only") {
-        return Ok(());
-    }
-
-    // Prefill of 1 image + 64 tokens.
-    let prompt_len = 64.min(model.max_positions() / 2);
-    let mut prompt: Vec<u32> = vec![1, model.image_token_id()];
-    prompt.extend((0..prompt_len - 2).map(|i| 100 + (i as u32 * 7) % 300));
-    let mut prefill = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let _ = model.score_prompt(&prompt, Some(&latents))?;
-        prefill.push(t.elapsed().as_secs_f64());
-    }
-    let p = median(prefill);
-    println!(
-        "prefill (1 image + {prompt_len} tokens): {:.1} ms = {:.0} tokens/s",
-        p * 1e3,
-        prompt_len as f64 / p
-    );
-
-    // Decode at several batch sizes: all sequences join, then time steady decode steps.
-    let steps = 16.min(model.max_positions() - prompt_len - 1);
-    for &batch in &batches {
-        let mut runs = Vec::new();
-        for _ in 0..if decode_only { reps } else { 1 } {
-            let mut engine = Engine::new(model.clone());
-            let params = GenerationParams {
-                max_new_tokens: steps + 2,
-                ..Default::default()
-            };
-            for _ in 0..batch {
-                engine.add(SequenceRequest {
-                    tokens: prompt.clone(),
-                    images: Some(latents.clone()),
-                    image_keys: Vec::new(),
-                    params: params.clone(),
-                })?;
-            }
-            engine.step()?; // prefill
-            device.synchronize()?;
+impl Bench {
+    /// Image encode (ViT + resampler): one image, 16 in one call, and the two stages apart.
+    /// Returns one image's features for the prompts below.
+    fn image_encode(&self) -> Result<Tensor, Box<dyn std::error::Error>> {
+        let (model, reps, decode_only) = (&self.model, self.reps, self.decode_only);
+        let engine = Engine::new(model.clone());
+        let size = model.config().vision.image_size;
+        let pixels: Vec<f32> = (0..3 * size * size)
+            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        let mut encode = Vec::new();
+        let mut latents = None;
+        for _ in 0..if decode_only { 1 } else { reps } {
             let t = Instant::now();
-            let mut tokens = 0;
-            for _ in 0..steps {
-                tokens += engine
-                    .step()?
-                    .iter()
-                    .filter(|e| matches!(e, Event::Token { .. }))
-                    .count();
-            }
-            device.synchronize()?;
-            runs.push((t.elapsed().as_secs_f64(), tokens));
+            latents = Some(engine.encode_images(&[&pixels])?.remove(0));
+            encode.push(t.elapsed().as_secs_f64());
         }
-        let (dt, tokens) = runs[runs.len() / 2];
-        let fastest = runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let latents = latents.expect("encoded").unsqueeze(0)?;
         println!(
-            "decode batch {batch:>2}: {:.1} ms/step, {:.1} tokens/s (fastest of {}: {:.1} ms/step)",
-            dt * 1e3 / steps as f64,
-            tokens as f64 / dt,
-            runs.len(),
-            fastest * 1e3 / steps as f64
+            "image encode (1 image): {:.1} ms (fastest of {reps}: {:.1} ms)",
+            median(encode.clone()) * 1e3,
+            encode.iter().copied().fold(f64::INFINITY, f64::min) * 1e3
         );
+        let many = if decode_only { 0 } else { 16 };
+        let refs: Vec<&[f32]> = (0..many).map(|_| pixels.as_slice()).collect();
+        let mut batched = Vec::new();
+        for _ in 0..if decode_only { 0 } else { reps.div_ceil(2) } {
+            let t = Instant::now();
+            engine.encode_images(&refs)?;
+            batched.push(t.elapsed().as_secs_f64() / many as f64);
+        }
+        if !batched.is_empty() {
+            println!(
+                "image encode ({many} images in one call): {:.1} ms per image (fastest {:.1} ms)",
+                median(batched.clone()) * 1e3,
+                batched.iter().copied().fold(f64::INFINITY, f64::min) * 1e3
+            );
+        }
+        let px = Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?;
+        self.device.synchronize()?;
+        let (mut vit, mut resampler) = (Vec::new(), Vec::new());
+        for _ in 0..if decode_only { 1 } else { reps } {
+            let t = Instant::now();
+            let tokens = model.vision_tokens(&px)?;
+            vit.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            model.resample(&tokens)?;
+            resampler.push(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "  of which ViT {:.1} ms, resampler {:.1} ms",
+            median(vit) * 1e3,
+            median(resampler) * 1e3
+        );
+        Ok(latents)
     }
-    // Decode cost per token early vs late in a long generation (should be nearly flat).
-    let long = flag("--long")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize)
-        .min(model.max_positions().saturating_sub(prompt_len + 1));
-    if long > 20 {
-        let mut engine = Engine::new(model.clone());
-        let params = GenerationParams {
-            max_new_tokens: long,
-            ..Default::default()
-        };
-        engine.add(SequenceRequest {
-            tokens: prompt.clone(),
-            images: Some(latents.clone()),
-            image_keys: Vec::new(),
-            params,
-        })?;
+
+    /// Prefill of 1 image + 64 tokens (fewer on a short context); returns the prompt.
+    fn prefill(&self, latents: &Tensor) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+        let model = &self.model;
+        let prompt_len = 64.min(model.max_positions() / 2);
+        let mut prompt: Vec<u32> = vec![1, model.image_token_id()];
+        prompt.extend((0..prompt_len - 2).map(|i| 100 + (i as u32 * 7) % 300));
+        let mut prefill = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let _ = model.score_prompt(&prompt, Some(latents))?;
+            prefill.push(t.elapsed().as_secs_f64());
+        }
+        let p = median(prefill);
+        println!(
+            "prefill (1 image + {prompt_len} tokens): {:.1} ms = {:.0} tokens/s",
+            p * 1e3,
+            prompt_len as f64 / p
+        );
+        Ok(prompt)
+    }
+
+    /// Decode at several batch sizes: all sequences join, then steady decode steps are timed.
+    fn decode(
+        &self,
+        prompt: &[u32],
+        latents: &Tensor,
+        batches: &[usize],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let steps = 16.min(self.model.max_positions() - prompt.len() - 1);
+        for &batch in batches {
+            let mut runs = Vec::new();
+            for _ in 0..if self.decode_only { self.reps } else { 1 } {
+                let mut engine = self.engine_with(prompt, latents, batch, steps + 2)?;
+                engine.step()?; // prefill
+                self.device.synchronize()?;
+                let t = Instant::now();
+                let mut tokens = 0;
+                for _ in 0..steps {
+                    tokens += engine
+                        .step()?
+                        .iter()
+                        .filter(|e| matches!(e, Event::Token { .. }))
+                        .count();
+                }
+                self.device.synchronize()?;
+                runs.push((t.elapsed().as_secs_f64(), tokens));
+            }
+            let (dt, tokens) = runs[runs.len() / 2];
+            let fastest = runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+            println!(
+                "decode batch {batch:>2}: {:.1} ms/step, {:.1} tokens/s (fastest of {}: {:.1} ms/step)",
+                dt * 1e3 / steps as f64,
+                tokens as f64 / dt,
+                runs.len(),
+                fastest * 1e3 / steps as f64
+            );
+        }
+        Ok(())
+    }
+
+    /// Decode cost per token early vs late in a long generation (should be nearly flat).
+    fn long_decode(
+        &self,
+        prompt: &[u32],
+        latents: &Tensor,
+        long: usize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let long = long.min(self.model.max_positions().saturating_sub(prompt.len() + 1));
+        if long <= 20 {
+            return Ok(());
+        }
+        let mut engine = self.engine_with(prompt, latents, 1, long)?;
         engine.step()?;
         let mut per_step = Vec::new();
         while !engine.is_empty() {
@@ -640,7 +677,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             early * 1e3,
             late * 1e3
         );
+        Ok(())
     }
-    println!("peak RSS: {:.0} MiB", peak_rss_mib());
-    Ok(())
+
+    /// An engine holding `batch` greedy sequences of `prompt`, each to `max_new_tokens`.
+    fn engine_with(
+        &self,
+        prompt: &[u32],
+        latents: &Tensor,
+        batch: usize,
+        max_new_tokens: usize,
+    ) -> Result<Engine, Box<dyn std::error::Error>> {
+        let mut engine = Engine::new(self.model.clone());
+        let params = GenerationParams {
+            max_new_tokens,
+            ..Default::default()
+        };
+        for _ in 0..batch {
+            engine.add(SequenceRequest {
+                tokens: prompt.to_vec(),
+                images: Some(latents.clone()),
+                image_keys: Vec::new(),
+                params: params.clone(),
+            })?;
+        }
+        Ok(engine)
+    }
 }
