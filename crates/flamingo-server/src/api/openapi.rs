@@ -74,6 +74,14 @@ This document is generated from the server's types (`crates/flamingo-server/src/
 )]
 pub struct ApiDoc;
 
+/// A rule between a schema's fields: wraps the derived schema.
+type CrossFieldRule = fn(RefOr<Schema>) -> RefOr<Schema>;
+
+const CROSS_FIELD_RULES: [(&str, CrossFieldRule); 2] = [
+    ("GenerateRequest", super::schemas::generate_request),
+    ("ChatMessage", super::schemas::chat_message),
+];
+
 /// The bearer scheme (API keys, when `server.api_keys` is set) and the rules between fields that
 /// no field's type says.
 struct SharedParts;
@@ -81,11 +89,7 @@ struct SharedParts;
 impl Modify for SharedParts {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
-        let rules: [(&str, fn(RefOr<Schema>) -> RefOr<Schema>); 2] = [
-            ("GenerateRequest", super::schemas::generate_request),
-            ("ChatMessage", super::schemas::chat_message),
-        ];
-        for (name, rule) in rules {
+        for (name, rule) in CROSS_FIELD_RULES {
             if let Some(fields) = components.schemas.remove(name) {
                 components.schemas.insert(name.to_string(), rule(fields));
             }
