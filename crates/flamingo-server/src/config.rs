@@ -36,7 +36,7 @@ pub struct ServerConfig {
     /// Seconds suggested in `Retry-After` on 429 and 503.
     pub retry_after_s: u64,
     /// Fetch http(s) image URLs (chat `image_url`, markdown `![](url)`, `images`, few-shot
-    /// images). Off: such URLs get 422. See `fetch.rs` for the guards.
+    /// images). Off: such URLs get 422. See `fetch/` for the guards.
     pub allow_image_urls: bool,
     /// Which hosts: `allowlist` (only `image_url_allowlist`) or `public` (any host). In both,
     /// only public addresses are connected to unless `image_url_allow_private` holds them.
