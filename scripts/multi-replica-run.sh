@@ -98,15 +98,8 @@ fi
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.json "$OUT_DIR"/*.md "$OUT_DIR"/*.txt
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    port_in_use "$p" || { echo "$p"; return; }
-  done
-  die "no free port found"
-}
+# shellcheck source=scripts/lib/ports.sh
+. scripts/lib/ports.sh  # (the working directory is the repository root)
 
 # start_replicas PHASE: 3 replicas (fresh caches), ports in RPORTS, pids in RPIDS.
 start_replicas() {

@@ -122,15 +122,8 @@ mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/rss.txt "$OUT_DIR"/*.json "$OUT_DIR"/*.jsonl "$OUT_DIR"/*.svg "$OUT_DIR"/*.txt "$OUT_DIR"/*.md
 
 # --- helpers ----------------------------------------------------------------------------------
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    port_in_use "$p" || { echo "$p"; return; }
-  done
-  die "no free port found"
-}
+# shellcheck source=scripts/lib/ports.sh
+. scripts/lib/ports.sh  # (the working directory is the repository root)
 
 # start_server NAME PORT "VAR=value ..." ARGS...: background server (extra environment from the
 # third argument), waits until it is ready; pid in LAST_PID.
