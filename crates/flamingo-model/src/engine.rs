@@ -389,6 +389,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let plan = self.plan();
+        // Owned token/media-time lists first, so the packed inputs can borrow them.
         let feeds = self.feeds(&plan);
         let logits = self.forward_feeds(&plan, &feeds)?;
         self.advance(&plan, logits)

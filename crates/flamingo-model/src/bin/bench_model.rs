@@ -437,16 +437,21 @@ fn model_mode(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    // The requested dtype, not the model's activation dtype (f32 on the CPU whatever is asked).
+    let dtype = match flag("--dtype").as_deref() {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        _ => DType::F32,
+    };
     let device = match flag("--device").as_deref() {
         Some("cuda") => Device::new_cuda(0)?,
         _ => Device::Cpu,
     };
     let started = Instant::now();
-    let model = Arc::new(load_model(which, &flag, &device)?);
+    let model = Arc::new(load_model(which, dtype, &flag, &device)?);
     let cfg = model.config().clone();
     println!(
-        "model={which} dtype={:?} vit={}x{} llama={}x{} (xattn every {}) vocab={} load={:.2}s threads={}",
-        model.dtype(),
+        "model={which} dtype={dtype:?} vit={}x{} llama={}x{} (xattn every {}) vocab={} load={:.2}s threads={}",
         cfg.vision.width,
         cfg.vision.layers,
         cfg.llama.hidden_size,
@@ -483,14 +488,10 @@ fn model_mode(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 /// release files in a folder.
 fn load_model(
     which: &str,
+    dtype: DType,
     flag: &dyn Fn(&str) -> Option<String>,
     device: &Device,
 ) -> Result<Flamingo, Box<dyn std::error::Error>> {
-    let dtype = match flag("--dtype").as_deref() {
-        Some("f16") => DType::F16,
-        Some("bf16") => DType::BF16,
-        _ => DType::F32,
-    };
     let opts = LoadOptions {
         dtype,
         device: device.clone(),
