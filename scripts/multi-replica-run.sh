@@ -51,15 +51,8 @@ budget() { (( SECONDS - START_TIME < DEADLINE )) || die "over the ${DEADLINE}s b
 PIDS=()
 WORK=$(mktemp -d /tmp/flamingo-multi-replica.XXXXXX)
 chmod 755 "$WORK"
-stop_pids() {
-  local pid
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "$@"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-}
+# shellcheck source=scripts/lib/loopback.sh
+. scripts/lib/loopback.sh  # (the working directory is the repository root)
 cleanup() {
   local rc=$?
   stop_pids "${PIDS[@]}"
@@ -72,24 +65,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-NGINX=$(command -v nginx || true)
-[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-if [[ -z $NGINX ]]; then
-  # As scripts/proxy-run.sh: Debian's nginx-light, its service start suppressed during install.
-  [[ $(id -u) == 0 ]] || die "nginx is missing and we are not root: apt-get install nginx-light"
-  log "installing nginx-light (apt)"
-  own_policy=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    own_policy=1
-  fi
-  timeout 300 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq nginx-light >/dev/null
-  [[ $own_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
-  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  [[ -x $NGINX ]] || die "nginx install failed"
-  START_TIME=$SECONDS   # the install is not part of the run's budget
-fi
+ensure_nginx
+[[ $NGINX_INSTALLED == 1 ]] && START_TIME=$SECONDS   # the install is not part of the run's budget
 command -v curl >/dev/null || die "curl is required"
 if [[ ! -x $SERVER_BIN ]]; then
   log "building flamingo-server (release)"
@@ -98,8 +75,6 @@ fi
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.json "$OUT_DIR"/*.md "$OUT_DIR"/*.txt
 
-# shellcheck source=scripts/lib/ports.sh
-. scripts/lib/ports.sh  # (the working directory is the repository root)
 
 # start_replicas PHASE: 3 replicas (fresh caches), ports in RPORTS, pids in RPIDS.
 start_replicas() {

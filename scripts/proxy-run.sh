@@ -71,16 +71,11 @@ PIDS=()
 WORK=$(mktemp -d /tmp/flamingo-proxy-run.XXXXXX)
 # nginx workers run as `nobody` when the master is root: they must reach the temp dirs in here.
 chmod 755 "$WORK"
+# shellcheck source=scripts/lib/loopback.sh
+. scripts/lib/loopback.sh  # (the working directory is the repository root)
 cleanup() {
   local rc=$?
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if [[ ${KEEP_WORK:-0} == 1 || $rc != 0 ]]; then
     # Keep what explains a failure next to the reports.
     { mkdir -p "$OUT_DIR/logs" && cp -r "$WORK"/. "$OUT_DIR/logs/"; } 2>/dev/null || true
@@ -92,25 +87,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- prerequisites ----------------------------------------------------------------------------
-NGINX=$(command -v nginx || true)
-[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-if [[ -z $NGINX ]]; then
-  log "installing nginx (apt)"
-  [[ $(id -u) == 0 ]] || die "nginx is missing and we are not root: apt-get install nginx-light"
-  # Debian's postinst would start the packaged nginx on port 80: forbid service starts for the
-  # duration of the install (policy-rc.d exit 101), unless a policy already exists.
-  own_policy=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    own_policy=1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-  [[ $own_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
-  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  [[ -x $NGINX ]] || die "nginx install failed"
-fi
+ensure_nginx
 command -v curl >/dev/null || die "curl is required"
 command -v python3 >/dev/null || die "python3 is required (scripts/proxy_run_check.py)"
 
@@ -122,8 +99,6 @@ mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/rss.txt "$OUT_DIR"/*.json "$OUT_DIR"/*.jsonl "$OUT_DIR"/*.svg "$OUT_DIR"/*.txt "$OUT_DIR"/*.md
 
 # --- helpers ----------------------------------------------------------------------------------
-# shellcheck source=scripts/lib/ports.sh
-. scripts/lib/ports.sh  # (the working directory is the repository root)
 
 # start_server NAME PORT "VAR=value ..." ARGS...: background server (extra environment from the
 # third argument), waits until it is ready; pid in LAST_PID.
