@@ -11,10 +11,8 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::config::Limits;
 use crate::validation::{MAX_STOP_BYTES, MAX_STOP_TOKEN_IDS};
-
-/// `limits.max_stop_sequences` by default.
-pub const MAX_STOP_SEQUENCES: usize = 4;
 
 fn nullable(ty: Type) -> SchemaType {
     SchemaType::Array(vec![ty, Type::Null])
@@ -151,7 +149,7 @@ fn stop_sequence() -> ObjectBuilder {
 fn stop_sequences() -> ArrayBuilder {
     ArrayBuilder::new()
         .items(stop_sequence())
-        .max_items(Some(MAX_STOP_SEQUENCES))
+        .max_items(Some(Limits::default().max_stop_sequences))
 }
 
 /// TGI's `stop`: a list.
@@ -246,7 +244,7 @@ pub fn images() -> RefOr<Schema> {
     ArrayBuilder::new()
         .schema_type(nullable(Type::Array))
         .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Image")))
-        .max_items(Some(16))
+        .max_items(Some(Limits::default().max_images))
         .into()
 }
 

@@ -56,7 +56,7 @@ pub async fn generate(
     let generated_text = if r.return_full_text {
         format!("{}{}", g.prompt, f.generated_text)
     } else {
-        f.generated_text.clone()
+        f.generated_text
     };
     let details = if r.details {
         let rt = s.runtime()?;
@@ -73,14 +73,20 @@ pub async fn generate(
         } else {
             Vec::new()
         };
-        // TGI: one list per generated token, as the output gate released them.
-        let top_tokens =
-            (r.top_n_tokens > 0).then(|| f.tokens.iter().map(|t| t.top_tokens.clone()).collect());
+        let mut tokens = f.tokens;
+        // TGI: one list per generated token, as the output gate released them (`tokens` does
+        // not serialise its alternatives).
+        let top_tokens = (r.top_n_tokens > 0).then(|| {
+            tokens
+                .iter_mut()
+                .map(|t| std::mem::take(&mut t.top_tokens))
+                .collect()
+        });
         Some(Details {
             finish_reason: f.finish_reason.as_str(),
             generated_tokens: f.generated_tokens,
             seed: r.seed,
-            tokens: Some(f.tokens.clone()),
+            tokens: Some(tokens),
             prefill: Some(prefill),
             top_tokens,
         })
@@ -171,9 +177,10 @@ pub async fn generate_stream(
             // The last released token rides on the final event, as TGI's does.
             let mut tokens = step.tokens;
             let last = if step.end.is_some() { tokens.pop() } else { None };
-            for t in tokens {
+            for mut t in tokens {
                 index += 1;
-                let top_tokens = want_top.then(|| t.top_tokens.clone());
+                // `token` does not serialise its alternatives; the event carries them.
+                let top_tokens = want_top.then(|| std::mem::take(&mut t.top_tokens));
                 yield Ok(sse::json(&StreamEvent {
                     index,
                     token: Some(t),
@@ -186,8 +193,12 @@ pub async fn generate_stream(
             if let Some(f) = step.end {
                 index += 1;
                 g.log_finished("/generate_stream", &f);
-                let top_tokens = want_top
-                    .then(|| last.as_ref().map(|t| t.top_tokens.clone()).unwrap_or_default());
+                let mut last = last;
+                let top_tokens = want_top.then(|| {
+                    last.as_mut()
+                        .map(|t| std::mem::take(&mut t.top_tokens))
+                        .unwrap_or_default()
+                });
                 yield Ok(sse::json(&StreamEvent {
                     index,
                     token: last,
